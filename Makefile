@@ -1,0 +1,34 @@
+# Two front-door targets; both work on a fresh machine with only python3 installed.
+#   make demo   sets up .venv and runs the bundled demo study
+#   make test   sets up .venv, lints with ruff and runs the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test demo lint browser
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: a newer torch from the registry drags in gigabytes of CUDA packages.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The report test drives a real headless Chromium (Debian packages chromium, chromium-driver).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+test: setup browser lint
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/tunelens demo --out demo-study

@@ -1,0 +1,255 @@
+"""The study configuration: YAML in, validated objects out, and the only place defaults live.
+
+Every stage takes its section of :class:`Study` (or the whole study); CLI flags override fields of
+those sections, never re-declare their defaults. A bad key or value fails with one line naming the
+key path (``train.lora.rank``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelens.errors import TunelensError
+
+Strategy = Literal["full", "lora", "qlora", "dora", "freeze"]
+Objective = Literal["instruct", "causal"]
+Method = Literal[
+    "occlusion", "shapley", "lime", "saliency", "input_x_gradient", "integrated_gradients"
+]
+Granularity = Literal["token", "word", "span"]
+Baseline = Literal["unk", "pad", "mask", "delete", "sample"]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the examples come from and how they are cleaned and split."""
+
+    source: str = Field("bundled", description="'bundled' (the code-compliance set) or a file")
+    id_column: str = "id"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    topic_column: str = "topic"
+    stratify_by: str | None = "topic"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    minhash_permutations: int = Field(128, ge=16)
+    shingle_size: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class ModelSpec(Section):
+    """One base model of the study: a short name and a hub id or local path."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class QuantConfig(Section):
+    """bitsandbytes settings used by ``qlora`` (4-bit) or when loading a model quantized."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TrainConfig(Section):
+    """Optimisation settings shared by every strategy (strategy-specific ones are nested)."""
+
+    max_steps: int = Field(60, ge=1)
+    learning_rate: float = Field(5e-4, gt=0.0)
+    full_learning_rate: float | None = Field(
+        None, description="learning rate for full/freeze fine-tuning; defaults to learning_rate/5"
+    )
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    max_length: int = Field(256, ge=8)
+    weight_decay: float = Field(0.0, ge=0.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override model dropout")
+    neftune_noise_alpha: float | None = Field(None, gt=0.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    curriculum: Literal["none", "length", "loss"] = "none"
+    freeze_top_k: int = Field(1, ge=1, description="'freeze' strategy: train only the top k layers")
+    gradual_unfreezing: bool = False
+    packing: bool = True
+    lora: LoraConfig = LoraConfig()
+    quantization: QuantConfig = QuantConfig()
+    seed: int = 0
+
+
+class RagConfig(Section):
+    enabled: list[bool] = Field(default_factory=lambda: [False])
+    k: int = Field(3, ge=1)
+    corpus: str | None = Field(None, description="JSONL corpus; default: the training split")
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers path; default: the bundled all-MiniLM-L6-v2"
+    )
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(96, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    num_samples: int = Field(1, ge=1)
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
+    batch_size: int = Field(16, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class JudgeConfig(Section):
+    url: str | None = None
+    model: str | None = None
+    path: str | None = Field(None, description="local Hugging Face model used as judge")
+    template_version: str = "v1"
+    timeout_seconds: float = Field(60.0, gt=0.0)
+    retries: int = Field(2, ge=0)
+
+
+class EvaluationConfig(Section):
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    judge: JudgeConfig = JudgeConfig()
+    seed: int = 0
+
+
+class ExplanationConfig(Section):
+    method: Method = "occlusion"
+    granularity: Granularity = "token"
+    baseline: Baseline = "unk"
+    target: Literal["reference", "generation"] = "reference"
+    max_examples: int | None = Field(24, ge=1)
+    n_samples: int = Field(64, ge=1, description="permutations (shapley) or masks (lime)")
+    baseline_trials: int = Field(4, ge=1, description="trials for the 'sample' baseline")
+    batch_size: int | None = Field(None, ge=1, description="perturbations per forward pass")
+    seed: int = 0
+
+
+class ComparisonConfig(Section):
+    top_k: int = Field(5, ge=1)
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    plateau_threshold: float = Field(0.01, ge=0.0)
+    bootstrap_samples: int = Field(1000, ge=10)
+    permutations: int = Field(2000, ge=10)
+    seed: int = 0
+
+
+class ReportConfig(Section):
+    title: str = "tunelens study"
+    heatmap_examples: int = Field(3, ge=0)
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite in the study")
+    experiment: str | None = None
+
+
+class Study(Section):
+    """A whole study: the matrix (models × strategies × objectives × rag) and every stage's settings."""
+
+    name: str = "study"
+    models: list[ModelSpec] = Field(default_factory=list)
+    strategies: list[Strategy] = Field(default_factory=lambda: ["lora"])
+    objectives: list[Objective] = Field(default_factory=lambda: ["instruct"])
+    extra_cells: list[dict] = Field(
+        default_factory=list,
+        description="cells outside the full matrix, e.g. {model: s, strategy: lora, "
+        "objective: causal, rag: true}",
+    )
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    rag: RagConfig = RagConfig()
+    generation: GenerationConfig = GenerationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    explanation: ExplanationConfig = ExplanationConfig()
+    comparison: ComparisonConfig = ComparisonConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("strategies", "objectives")
+    @classmethod
+    def _non_empty_unique(cls, value: list) -> list:
+        if not value:
+            raise ValueError("must list at least one entry")
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Study:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        return self
+
+
+def run_name(model: str, strategy: str, objective: str, rag: bool = False) -> str:
+    """The run name contract of DESIGN.md: ``<model>__<strategy>__<objective>[__rag]``."""
+    return f"{model}__{strategy}__{objective}" + ("__rag" if rag else "")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study YAML; raise :class:`TunelensError` with the key path on error."""
+    path = Path(path)
+    if not path.exists():
+        raise TunelensError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise TunelensError(f"{path}{where}: malformed YAML") from None
+    if not isinstance(raw, dict):
+        raise TunelensError(f"{path}: expected a mapping at the top level")
+    return parse_study(raw, origin=str(path))
+
+
+def parse_study(raw: dict, origin: str = "study") -> Study:
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as exc:
+        raise TunelensError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem is too many for the CLI: report the first, with its key path."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"bad value for '{loc}': {err['msg']}{more}"
+
+
+def dump_study(study: Study) -> str:
+    """The resolved study as YAML, every default filled in (written to ``<out>/study.yaml``)."""
+    return yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a micro Llama model (built in about a second) and a tiny clause dataset."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+MICRO_CORPUS = [
+    "The clear width of a stair shall be not less than 900 mm.",
+    "Ramps shall have a slope not steeper than 1:12 where the rise exceeds 150 mm.",
+    "Doors shall provide a clear opening of at least 32 inches (815 mm).",
+    "Corridors serving an occupant load of 50 or more shall be not less than 1100 mm wide.",
+    "Handrails shall be between 865 mm and 965 mm above the stair nosing.",
+    "Exit access travel distance shall not exceed 60 m unless the building is sprinklered.",
+    "RULE 1011.5.2 stair.riser_height <= 178 mm",
+    "RULE K1-2.4 ramp.slope <= 8.33 %",
+    "### Instruction:\nTranslate the building-code clause into a rule.\n### Clause:\n",
+    "### Rule:\n",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory):
+    """A saved micro Llama checkpoint (2 layers, hidden 32): loads with AutoModelForCausalLM."""
+    from tunelens.models.zoo import new_llama, save_checkpoint, train_tokenizer
+
+    out = tmp_path_factory.mktemp("micro-model")
+    tokenizer = train_tokenizer(MICRO_CORPUS, vocab_size=400)
+    model = new_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    return save_checkpoint(model, tokenizer, out)
+
+
+@pytest.fixture()
+def micro_model(micro_model_dir):
+    """(model, tokenizer) in eval mode, loaded fresh for each test."""
+    from tunelens.models.loading import load_model
+
+    model, tokenizer = load_model(str(micro_model_dir))
+    model.eval()
+    return model, tokenizer
