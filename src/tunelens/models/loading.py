@@ -77,3 +77,28 @@ def _not_found(path_or_id: str, exc: Exception) -> str:
         return f"{path_or_id}: cannot load a model from this folder ({str(exc).splitlines()[0]})"
     return (f"{path_or_id}: not a local folder and the model hub could not be reached; "
             "download the model elsewhere and pass its local path")
+
+
+def load_for_inference(model: str, quantization=None):
+    """Load a trained run folder (full weights or a PEFT adapter over its base) or any model path/id.
+
+    A run folder is recognised by its ``run.json``. Adapters are loaded unmerged on top of the
+    base model, which is re-quantized the way it was trained for ``qlora`` runs.
+    """
+    import json
+
+    run_json = Path(model) / "run.json"
+    if not run_json.exists():
+        return load_model(model, quantization=quantization)
+    info = json.loads(run_json.read_text())
+    if not (Path(model) / "adapter_config.json").exists():
+        return load_model(model, quantization=quantization)
+    from peft import PeftModel
+
+    if quantization is None and info.get("strategy") == "qlora":
+        from tunelens.config import QuantConfig
+
+        quantization = QuantConfig(**info.get("quantization", {}))
+    base, _ = load_model(info["base_model"], quantization=quantization)
+    tuned = PeftModel.from_pretrained(base, model)
+    return tuned, load_tokenizer(model)
