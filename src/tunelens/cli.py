@@ -73,6 +73,103 @@ def _existing(path: Path, what: str = "file") -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# run, demo (the study runner)
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_cmd(
+    study_file: Path = typer.Argument(..., help="The study YAML (see examples/)."),
+    out: Path = typer.Option(None, "--out", help="Study folder; default: ./studies/<study name>."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and an estimate of "
+                                 "the work, run nothing."),
+    zoo: Path = typer.Option(None, "--zoo", help="Where zoo:<preset>/<name> models are built and "
+                             "cached; default ~/.cache/tunelens/zoo."),
+) -> None:
+    """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
+    report. Stages whose outputs exist for the same inputs and settings are skipped, so an
+    interrupted study resumes where it stopped."""
+    from tunelens.config import load_study
+
+    study = load_study(_existing(study_file))
+    _run_study(study, out or Path("studies") / study.name, dry_run, zoo)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-study"), "--out", help="Study folder."),
+    zoo: Path = typer.Option(None, "--zoo", help="Where the demo ladder is built and cached."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix only."),
+) -> None:
+    """Run the bundled code-compliance study on this machine's CPU (builds the demo model
+    ladder first if it is missing)."""
+    from tunelens.config import load_study
+    from tunelens.study import bundled_example
+
+    _run_study(load_study(bundled_example("code-compliance.yaml")), out, dry_run, zoo)
+
+
+def _run_study(study, out: Path, dry_run: bool, zoo: Path | None) -> None:
+    from rich.table import Table
+
+    from tunelens.study import STAGES, StudyRunner, default_zoo_root, estimate, expand_matrix
+
+    cells = expand_matrix(study)
+    table = Table(title=f"study '{study.name}': {len(cells)} cells")
+    for col in ("run", "model", "strategy", "objective", "rag"):
+        table.add_column(col)
+    for c in cells:
+        table.add_row(c.name, c.model.name, c.strategy, c.objective, "yes" if c.rag else "no")
+    console.print(table)
+    if dry_run:
+        est = estimate(study, cells)
+        console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
+        return
+    with _StudyView(len(cells) * len(STAGES)) as view:
+        runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), on_event=view.update)
+        statuses = runner.run()
+    summary = Table(title="time per stage (seconds)")
+    summary.add_column("stage")
+    summary.add_column("seconds", justify="right")
+    for stage, secs in runner.timings.items():
+        summary.add_row(stage, f"{secs:.1f}")
+    summary.add_row("total", f"{sum(runner.timings.values()):.1f}", style="bold")
+    console.print(summary)
+    failed = [s for s in statuses if s.status == "failed"]
+    for s in failed:
+        err_console.print(f"[red]failed[/] {s.run}: {s.error}", highlight=False)
+    console.print(f"report: {out / 'report.html'}")
+
+
+class _StudyView:
+    """The live view of a study: one bar over every cell's stages, a line as each one ends."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task("study", total=total)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def update(self, cell: str, stage: str, state: str) -> None:
+        style = {"done": "green", "skipped": "dim", "failed": "red", "running": "cyan"}[state]
+        if state == "running":
+            self.progress.update(self.task, description=f"{cell} · {stage}")
+            return
+        self.progress.console.print(f"[{style}]{state:>7}[/] {cell} · {stage}", highlight=False)
+        if stage in ("train", "generate", "evaluate", "explain"):
+            self.progress.advance(self.task)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
     try:
