@@ -18,7 +18,7 @@ from tunelens.errors import TunelensError
 Strategy = Literal["full", "lora", "qlora", "dora", "freeze"]
 Objective = Literal["instruct", "causal"]
 Method = Literal[
-    "occlusion", "shapley", "lime", "saliency", "input_x_gradient", "integrated_gradients"
+    "occlusion", "shapley", "lime", "kernel_shap", "saliency", "input_x_gradient", "integrated_gradients"
 ]
 Granularity = Literal["token", "word", "span"]
 Baseline = Literal["unk", "pad", "mask", "delete", "sample"]
@@ -34,19 +34,31 @@ class DataConfig(Section):
     """Where the examples come from and how they are cleaned and split."""
 
     source: str = Field("bundled", description="'bundled' (the code-compliance set) or a file")
-    id_column: str = "id"
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    topic_column: str = "topic"
-    stratify_by: str | None = "topic"
+    id_column: str = Field("id", description="input column of row ids; absent: content-hash ids")
+    prompt_column: str = Field("prompt", description="input column holding the clause")
+    completion_column: str = Field("completion", description="input column holding the rule")
+    topic_column: str = Field("topic", description="input column of topics; absent: 'unspecified'")
+    stratify_by: str | None = Field(
+        "topic", description="split stratified by this: 'topic', 'source' or another input column"
+    )
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    min_chars: int = Field(1, ge=1)
-    max_chars: int = Field(4000, ge=1)
-    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    min_chars: int = Field(1, ge=1, description="shorter prompts or completions are dropped")
+    max_chars: int = Field(4000, ge=1, description="longer prompts or completions are dropped")
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="prompts with word-shingle Jaccard >= this are near-duplicates"
+    )
     minhash_permutations: int = Field(128, ge=16)
-    shingle_size: int = Field(3, ge=1)
+    shingle_size: int = Field(3, ge=1, description="words per shingle")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 (train needs rows)")
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
 
 
 class ModelSpec(Section):
@@ -59,10 +71,14 @@ class ModelSpec(Section):
 
 
 class LoraConfig(Section):
+    """Adapter shape for ``lora``, ``qlora`` and ``dora`` (PEFT's ``LoraConfig``)."""
+
     rank: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module-name suffixes, or 'all-linear' (every linear but the LM head)"
+    )
 
 
 class QuantConfig(Section):
@@ -96,16 +112,29 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     curriculum: Literal["none", "length", "loss"] = "none"
     freeze_top_k: int = Field(1, ge=1, description="'freeze' strategy: train only the top k layers")
-    gradual_unfreezing: bool = False
-    packing: bool = True
+    gradual_unfreezing: bool = Field(
+        False, description="'full' strategy: unfreeze layers top-down over the steps (ULMFiT-style)"
+    )
+    packing: bool = Field(
+        True, description="pack examples into max_length blocks (best-fit, no cross-example attention); "
+        "off when a curriculum is set, since packing reorders examples"
+    )
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="mixed precision; 'auto' is bfloat16 on a GPU that has it, else float32"
+    )
+    save_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N steps (Ctrl-C always checkpoints)"
+    )
     lora: LoraConfig = LoraConfig()
     quantization: QuantConfig = QuantConfig()
     seed: int = 0
 
 
 class RagConfig(Section):
+    """Retrieval-augmented generation: ``enabled`` is a matrix axis (``[false, true]`` runs both)."""
+
     enabled: list[bool] = Field(default_factory=lambda: [False])
-    k: int = Field(3, ge=1)
+    k: int = Field(3, ge=1, description="retrieved examples placed before the clause")
     corpus: str | None = Field(None, description="JSONL corpus; default: the training split")
     embedding_model: str | None = Field(
         None, description="sentence-transformers path; default: the bundled all-MiniLM-L6-v2"
@@ -113,31 +142,62 @@ class RagConfig(Section):
 
 
 class GenerationConfig(Section):
+    """Decoding settings: greedy by default; sampling controls apply only with ``do_sample``."""
+
     max_new_tokens: int = Field(96, ge=1)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
     repetition_penalty: float = Field(1.0, gt=0.0)
-    num_samples: int = Field(1, ge=1)
-    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
-    batch_size: int = Field(16, ge=1)
+    num_samples: int = Field(1, ge=1, description="samples per prompt (needs do_sample when > 1)")
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"],
+                            description="output is cut at the first of these strings")
+    batch_size: int = Field(16, ge=1, description="most prompts per generate call")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="most rows x (longest prompt + max_new_tokens) per call: bounds the "
+        "KV cache; longer inputs get smaller batches"
+    )
     max_examples: int | None = Field(None, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> GenerationConfig:
+        if self.num_samples > 1 and not self.do_sample:
+            raise ValueError("num_samples > 1 needs do_sample: true (greedy gives one answer)")
+        return self
+
 
 class JudgeConfig(Section):
-    url: str | None = None
-    model: str | None = None
+    """The LLM judge: an OpenAI-compatible server (url + model) or a local model (path), or none."""
+
+    url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:11434")
+    model: str | None = Field(None, description="model name the server knows (needed with url)")
     path: str | None = Field(None, description="local Hugging Face model used as judge")
-    template_version: str = "v1"
+    template_version: str = Field("v1", description="prompt template judge_templates/<version>.txt")
     timeout_seconds: float = Field(60.0, gt=0.0)
-    retries: int = Field(2, ge=0)
+    retries: int = Field(2, ge=0, description="re-asks after an unparseable reply")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="first attempt (0: greedy)")
+    retry_temperature: float = Field(0.7, ge=0.0, description="re-asks sample so they can differ")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> JudgeConfig:
+        if self.url and self.path:
+            raise ValueError("give a judge url (with model) or a local path, not both")
+        if self.url and not self.model:
+            raise ValueError("a judge url needs a model name")
+        if self.model and not (self.url or self.path):
+            raise ValueError("a judge model name needs a url")
+        return self
 
 
 class EvaluationConfig(Section):
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    embedding_model: str | None = Field(
+        None, description="semantic similarity model; default: the bundled all-MiniLM-L6-v2"
+    )
     judge: JudgeConfig = JudgeConfig()
     seed: int = 0
 
@@ -148,29 +208,54 @@ class ExplanationConfig(Section):
     baseline: Baseline = "unk"
     target: Literal["reference", "generation"] = "reference"
     max_examples: int | None = Field(24, ge=1)
-    n_samples: int = Field(64, ge=1, description="permutations (shapley) or masks (lime)")
+    n_samples: int = Field(64, ge=1, description="permutations (shapley) or masks (lime, kernel_shap)")
     baseline_trials: int = Field(4, ge=1, description="trials for the 'sample' baseline")
-    batch_size: int | None = Field(None, ge=1, description="perturbations per forward pass")
+    batch_size: int | None = Field(
+        None, ge=1, description="perturbations per forward pass; default: sized by memory_budget_mb"
+    )
+    memory_budget_mb: float = Field(1024.0, gt=0, description="memory one batch of perturbations may use")
+    reuse_prefix: bool = Field(True, description="reuse the unperturbed prefix's KV cache")
+    heatmap: bool = Field(True, description="write <out stem>.html, a token heat-map per example")
     seed: int = 0
 
 
 class ComparisonConfig(Section):
-    top_k: int = Field(5, ge=1)
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    plateau_threshold: float = Field(0.01, ge=0.0)
-    bootstrap_samples: int = Field(1000, ge=10)
-    permutations: int = Field(2000, ge=10)
+    """Statistics across runs: concentration, paired tests, agreement, scale curves."""
+
+    top_k: int = Field(5, ge=1, description="features counted by top-k share and top-k overlap")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level (after Holm)")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of bootstrap intervals")
+    plateau_threshold: float = Field(
+        0.01, ge=0.0, description="gain per decade of parameters (0-1 scale) below which a scale "
+        "curve has plateaued"
+    )
+    bootstrap_samples: int = Field(1000, ge=10, description="resamples of examples per interval")
+    permutations: int = Field(2000, ge=10, description="resamples of each permutation test")
     seed: int = 0
 
 
 class ReportConfig(Section):
+    """The HTML report: one self-contained file, figures embedded."""
+
     title: str = "tunelens study"
-    heatmap_examples: int = Field(3, ge=0)
+    heatmap_examples: int = Field(3, ge=0, description="examples shown as token heat-maps per run")
+    heatmap_runs: int = Field(12, ge=1, description="most runs shown per token heat-map")
+    scale_metrics: list[str] = Field(
+        default_factory=lambda: ["rule_exec_accuracy", "chrf", "gini"],
+        description="metrics drawn as scale curves (those the study has)",
+    )
+    dpi: int = Field(110, ge=50, le=400, description="resolution of the PNG figures")
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite in the study")
-    experiment: str | None = None
+    """MLflow tracking of training runs (SQLite file in the study folder unless ``uri`` is given)."""
+
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default: sqlite:///<study>/mlflow.db for runs at "
+        "<study>/models/<run>, else mlflow.db beside the run folder"
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default: 'tunelens'")
+    enabled: bool = True
 
 
 class Study(Section):

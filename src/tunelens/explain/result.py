@@ -14,6 +14,8 @@ class Attribution:
     ``tokens[j]`` is the text of feature j (a token, a word or a span), ``spans[j]`` its
     (start, end) character offsets in the prompt, ``scores[j]`` its attribution to the whole
     target sequence, and ``per_target[t, j]`` (when computed) its attribution to target token t.
+    ``forward_passes`` counts model calls (a batch is one call) and ``perturbations`` the distinct
+    perturbed inputs scored, so methods and tools can be compared on cost as well as values.
     """
 
     tokens: list[str]
@@ -24,3 +26,6 @@ class Attribution:
     target_tokens: list[str] = field(default_factory=list)
     method: str = "occlusion"
     forward_passes: int = 0
+    granularity: str = "token"
+    baseline: str = "unk"
+    perturbations: int = 0

@@ -2,22 +2,41 @@
 
 Thin on purpose: transformers does the loading; this module turns its many failure modes (no
 network, not a causal LM, missing bitsandbytes) into one line a user can act on.
+
+Two checks are ours because transformers does not make them:
+
+- Reachability. Without ``HF_HUB_OFFLINE`` set, an id that is neither a local folder nor cached
+  makes huggingface_hub retry for about half a minute before failing. One short TCP probe of the
+  hub endpoint first turns that into an immediate one-line error (or an offline load from the
+  cache, when the files are there).
+- Causal LM or not. ``AutoModelForCausalLM`` happily loads a BERT encoder (``BertLMHeadModel``
+  is registered for causal LM) with a freshly initialised head, which would silently give
+  nonsense. The checkpoint's declared ``architectures`` decide instead.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tunelens.errors import TunelensError
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
 
 def load_tokenizer(path_or_id: str, trust_remote_code: bool = False):
+    """The tokenizer of a model (pad token defaulting to EOS, as generation and batching need)."""
     from transformers import AutoTokenizer
 
+    source, local_only = _source(path_or_id)
     try:
-        tok = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise TunelensError(_not_found(path_or_id, exc)) from None
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise TunelensError(_cannot_load(path_or_id, "tokenizer", exc)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -25,34 +44,62 @@ def load_tokenizer(path_or_id: str, trust_remote_code: bool = False):
 
 def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
                device_map: str | None = None, trust_remote_code: bool = False):
-    """Load (model, tokenizer). ``quantization`` is a :class:`tunelens.config.QuantConfig` or None."""
+    """Load (model, tokenizer). ``quantization`` is a :class:`tunelens.config.QuantConfig` or None.
+
+    ``dtype`` is one of :data:`DTYPES` (``auto``: what the checkpoint declares). Remote code runs
+    only when ``trust_remote_code`` is asked for explicitly.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if dtype not in DTYPES:
+        raise TunelensError(f"{path_or_id}: unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    source, local_only = _source(path_or_id)
     try:
-        config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only)
     except (OSError, ValueError) as exc:
-        raise TunelensError(_not_found(path_or_id, exc)) from None
-    kwargs: dict = {"trust_remote_code": trust_remote_code}
-    if dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
+        raise TunelensError(_cannot_load(path_or_id, "model config", exc)) from None
+    _require_causal_lm(path_or_id, config)
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "local_files_only": local_only,
+                    "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device_map:
         kwargs["device_map"] = device_map
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, config=config, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
-            raise TunelensError(
-                f"{path_or_id}: not a causal language model ({type(config).__name__})"
-            ) from None
+            raise TunelensError(_not_causal(path_or_id, config)) from None
         raise
+    except OSError as exc:
+        raise TunelensError(_cannot_load(path_or_id, "model weights", exc)) from None
+    if quantization is not None:
+        _keep_generic_4bit_path_where_unpackable(model)
     return model, load_tokenizer(path_or_id, trust_remote_code)
 
 
+def _keep_generic_4bit_path_where_unpackable(model) -> None:
+    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 CPU kernel at the first eval-mode
+    forward, and that repacking fails (reshape error) when the input size is not a multiple of the
+    quantisation block (64) or the output size not a multiple of 32 — small models. Such layers
+    keep the generic 4-bit path, which handles any shape."""
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        block = getattr(state, "blocksize", 64) or 64
+        if module.in_features % block or module.out_features % 32:
+            module.support_avx512bf16_for_cpu = False
+
+
 def bnb_config(quant):
-    """A transformers ``BitsAndBytesConfig`` from our :class:`QuantConfig`."""
+    """A transformers ``BitsAndBytesConfig`` from our :class:`QuantConfig`.
+
+    4-bit uses the NF4/FP4 type, double quantization and compute dtype of ``quant``; 8-bit is
+    LLM.int8. bitsandbytes >= 0.47 runs both on the CPU too.
+    """
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -70,13 +117,6 @@ def bnb_config(quant):
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
     )
-
-
-def _not_found(path_or_id: str, exc: Exception) -> str:
-    if Path(path_or_id).exists():
-        return f"{path_or_id}: cannot load a model from this folder ({str(exc).splitlines()[0]})"
-    return (f"{path_or_id}: not a local folder and the model hub could not be reached; "
-            "download the model elsewhere and pass its local path")
 
 
 def load_for_inference(model: str, quantization=None):
@@ -102,3 +142,97 @@ def load_for_inference(model: str, quantization=None):
     base, _ = load_model(info["base_model"], quantization=quantization)
     tuned = PeftModel.from_pretrained(base, model)
     return tuned, load_tokenizer(model)
+
+
+def _source(path_or_id: str) -> tuple[str, bool]:
+    """(what to pass to ``from_pretrained``, whether to stay off the network) or a one-line error.
+
+    A local folder wins. Anything shaped like a path that does not exist fails at once, as does a
+    hub id when the hub cannot be reached and the files are not in the local cache.
+    """
+    if not str(path_or_id).strip():
+        raise TunelensError("empty model path or hub id")
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TunelensError(f"{path_or_id}: is a file; expected a model folder or a hub id")
+        return str(path), False
+    if _looks_like_path(path_or_id):
+        raise TunelensError(f"{path_or_id}: no such model folder")
+    if _offline():
+        if not _cached(path_or_id):
+            raise TunelensError(
+                f"{path_or_id}: not a local folder and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set; download the model elsewhere and pass its local path"
+            )
+        return path_or_id, True
+    if not _hub_reachable():
+        if _cached(path_or_id):
+            return path_or_id, True
+        raise TunelensError(
+            f"{path_or_id}: not a local folder and the model hub could not be reached; "
+            "download the model elsewhere and pass its local path"
+        )
+    return path_or_id, False
+
+
+def _looks_like_path(text: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else the user typed is meant as a path."""
+    return (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+            or text.endswith("/") or text == "")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.HF_HUB_OFFLINE or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_causal_lm(path_or_id: str, config) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    declared = getattr(config, "architectures", None) or []
+    if not declared:
+        return  # nothing declared: let AutoModelForCausalLM decide by model type
+    known = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        known.update([value] if isinstance(value, str) else value)
+    if not any(a in known or a.endswith(_CAUSAL_SUFFIXES) for a in declared):
+        raise TunelensError(_not_causal(path_or_id, config))
+
+
+def _not_causal(path_or_id: str, config) -> str:
+    arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+    hint = ""
+    if (Path(path_or_id) / "modules.json").is_file():
+        hint = "; it is a sentence-transformers model (use it as an embedding model)"
+    return f"{path_or_id}: not a causal language model ({arch}){hint}"
+
+
+def _cannot_load(path_or_id: str, what: str, exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if Path(path_or_id).expanduser().is_dir():
+        return f"{path_or_id}: cannot load the {what} from this folder ({first})"
+    return f"{path_or_id}: no such local folder, and the hub has no such model ({first})"

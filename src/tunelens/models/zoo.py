@@ -2,20 +2,96 @@
 
 No hub is reachable on the machines tunelens is developed and tested on, so the study needs base
 models it can make itself. Each is saved as a standard checkpoint (config.json, model.safetensors,
-tokenizer files) that ``AutoModelForCausalLM``/``AutoTokenizer`` load unchanged, so the rest of
-the pipeline cannot tell them from a hub model.
+tokenizer files, a model card) that ``AutoModelForCausalLM``/``AutoTokenizer`` load unchanged, so
+the rest of the pipeline cannot tell them from a hub model.
+
+What the ladder is pre-trained on, and why. The corpus is the bundled code-compliance dataset,
+minus every row flagged ``holdout``. Of the remaining rows the models see the bare clause texts and
+the bare rule texts as separate documents, packed into separate blocks (clauses never share a block
+with rules), never a clause next to its rule and never the prompt template. So a base model knows
+both languages, building-code English and the rule notation, but has never seen the mapping from a
+clause to its rule: that is learned only in fine-tuning, which is what the study measures. The
+study's test split is drawn later by a seeded split of the same non-holdout rows, so a test
+clause (and, separately, its rule) may have been seen as plain text; the pairing has not. The
+holdout rows are never seen at all, not even by the tokenizer.
+
+Every rung of a preset gets the same data, the same number of tokens and the same seed, so model
+size is the only thing that varies along the ladder. The preset table below is the zoo's recipe,
+not a study setting: a study names the models it uses by path (``<zoo>/tl-d2``), so these numbers
+do not belong in :mod:`tunelens.config`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tunelens.errors import TunelensError
+from tunelens.io import atomic_dir, read_json, write_json, write_text
+from tunelens.models.card import model_card
+
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>", "mask_token": "<mask>"}
+LADDER_FILE = "ladder.json"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One model of a ladder: its name, shape and peak learning rate (small models take larger)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A ladder recipe: shared tokenizer and data settings, then one :class:`Rung` per model."""
+
+    name: str
+    vocab_size: int
+    block_size: int
+    batch_size: int
+    steps: int
+    max_positions: int
+    seed: int
+    rungs: tuple[Rung, ...]
+
+
+PRESETS: dict[str, Preset] = {
+    # Tests and CI: ~19k to ~0.92M parameters (48x), the whole ladder in about 10 s on 2 CPU cores.
+    "quick": Preset(
+        name="quick", vocab_size=512, block_size=128, batch_size=8, steps=80, max_positions=512,
+        seed=0,
+        rungs=(
+            Rung("tl-q1", 16, 1, 2, 32, 3e-3),
+            Rung("tl-q2", 32, 2, 2, 64, 3e-3),
+            Rung("tl-q3", 64, 2, 4, 128, 3e-3),
+            Rung("tl-q4", 128, 4, 4, 344, 2e-3),
+        ),
+    ),
+    # The demo study: ~86k to ~5.3M parameters (61x), a few minutes on 2 CPU cores.
+    "demo": Preset(
+        name="demo", vocab_size=1024, block_size=256, batch_size=8, steps=150, max_positions=512,
+        seed=0,
+        rungs=(
+            Rung("tl-d1", 32, 2, 2, 64, 3e-3),
+            Rung("tl-d2", 64, 3, 4, 172, 3e-3),
+            Rung("tl-d3", 128, 4, 4, 344, 2e-3),
+            Rung("tl-d4", 256, 6, 8, 688, 1e-3),
+        ),
+    ),
+}
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -63,7 +139,211 @@ def new_llama(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: 
 
 
 def save_checkpoint(model, tokenizer, out: str | Path) -> Path:
+    """``save_pretrained`` of both, without transformers' per-shard progress bar in our output."""
+    from transformers.utils import logging as hf_logging
+
     out = Path(out)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     return out
+
+
+def pretraining_texts(rows: Sequence[dict], seed: int = 0) -> tuple[list[str], list[str]]:
+    """(clauses, rules): the unique bare texts of the non-holdout rows, each list in a seeded order.
+
+    See the module docstring for why pairs are split apart. A row without a ``holdout`` key counts
+    as not held out.
+    """
+    clauses: dict[str, None] = {}
+    rules: dict[str, None] = {}
+    for row in rows:
+        if row.get("holdout", False):
+            continue
+        for text, into in ((row["prompt"], clauses), (row["completion"], rules)):
+            text = text.strip()
+            if text:
+                into[text] = None
+    rng = random.Random(seed)
+    out = []
+    for texts in (list(clauses), list(rules)):
+        rng.shuffle(texts)
+        out.append(texts)
+    if not out[0] or not out[1]:
+        raise TunelensError("zoo: the pre-training corpus has no non-holdout clauses or rules")
+    return out[0], out[1]
+
+
+def build_zoo(preset: str, out: Path, force: bool = False, *,
+              rows: Sequence[dict] | None = None) -> list[dict]:
+    """Build (or reuse) the ladder of ``preset`` in ``out`` and return its entries (absolute paths).
+
+    ``rows`` replaces the bundled dataset (rows with ``prompt``, ``completion`` and optionally
+    ``holdout``); the default, and what the CLI uses, is
+    ``tunelens.data.compliance.dataset.bundled_rows()``. A folder holding a build with the same
+    key (preset, corpus, code and library versions) is reused unless ``force``; anything else is
+    rebuilt in a temporary folder and renamed onto ``out`` only when every model is saved.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    spec = _preset(preset)
+    out = Path(out)
+    source = "The bundled tunelens code-compliance dataset" if rows is None else "User-supplied rows"
+    if rows is None:
+        rows = _bundled_rows()
+    clauses, rules = pretraining_texts(rows, seed=spec.seed)
+    key = build_key(spec, clauses, rules)
+    previous = _previous_build(out)
+    if previous is not None and not force and previous.get("build_key") == key["hash"] \
+            and _complete(out, previous):
+        console.print(f"zoo: reused the identical '{preset}' build in {out}")
+        return read_ladder(out)
+    from tunelens.models.pretrain import pack_blocks
+
+    with atomic_dir(out) as tmp:
+        tokenizer = train_tokenizer(_tokenizer_corpus(clauses, rules), vocab_size=spec.vocab_size)
+        blocks = (pack_blocks(tokenizer, clauses, spec.block_size)
+                  + pack_blocks(tokenizer, rules, spec.block_size))
+        entries = _train_ladder(spec, tokenizer, blocks, tmp, console)
+        corpus = {
+            "source": source,
+            "rows": len(rows),
+            "holdout_rows_excluded": sum(bool(r.get("holdout", False)) for r in rows),
+            "clauses": len(clauses),
+            "rules": len(rules),
+            "blocks": len(blocks),
+            "tokens": len(blocks) * spec.block_size,
+            "sha256": key["corpus_sha256"],
+        }
+        for entry in entries:
+            write_text(tmp / entry["path"] / "README.md", model_card(spec, entry, corpus))
+        write_json(tmp / LADDER_FILE, {
+            "preset": spec.name,
+            "build_key": key["hash"],
+            "build": key,
+            "tokenizer": {"type": "byte-level BPE", "vocab_size": len(tokenizer)},
+            "corpus": corpus,
+            "models": entries,
+        })
+    return read_ladder(out)
+
+
+def read_ladder(out: str | Path) -> list[dict]:
+    """The entries of the ladder in ``out`` (name, path, params, tokens_seen, final_loss, seconds,
+    shape), with ``path`` made absolute so it can be passed straight to a loader."""
+    out = Path(out)
+    ladder = read_json(out / LADDER_FILE)
+    return [{**e, "path": str((out / e["path"]).resolve())} for e in ladder["models"]]
+
+
+def build_key(spec: Preset, clauses: Sequence[str], rules: Sequence[str]) -> dict:
+    """What makes two builds identical: the recipe, the corpus, this code and the libraries."""
+    import tokenizers
+    import torch
+    import transformers
+
+    import tunelens
+    from tunelens.data.templates import render_plain
+    from tunelens.models import card, pretrain
+
+    texts = [list(clauses), list(rules), render_plain("")]
+    corpus = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+    sources = (__file__, pretrain.__file__, card.__file__)
+    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()
+    parts = {
+        "preset": asdict(spec),
+        "corpus_sha256": corpus,
+        "tunelens": tunelens.__version__,
+        "code_sha256": code,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+    parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return parts
+
+
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise TunelensError(f"zoo: unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def _bundled_rows() -> list[dict]:
+    from tunelens.data.compliance.dataset import bundled_rows
+
+    return bundled_rows(seed=0)
+
+
+def _tokenizer_corpus(clauses: list[str], rules: list[str]) -> list[str]:
+    """The pre-training texts plus the fixed prompt template, once per clause as in fine-tuning.
+
+    The template carries no clause or rule, so giving the tokenizer its frequency leaks nothing;
+    it only keeps ``### Instruction:`` and friends from being spelled out byte by byte later.
+    """
+    from tunelens.data.templates import render_plain
+
+    return clauses + rules + [render_plain("")] * len(clauses)
+
+
+def _previous_build(out: Path) -> dict | None:
+    """The ladder.json of an earlier build in ``out``; refuse to replace a folder that is not one."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise TunelensError(f"{out}: exists and is not a folder")
+    if (out / LADDER_FILE).is_file():
+        try:
+            return read_json(out / LADDER_FILE)
+        except TunelensError:
+            return {}
+    if any(out.iterdir()):
+        raise TunelensError(f"{out}: folder exists and is not a zoo build; choose another --out")
+    return None
+
+
+def _complete(out: Path, ladder: dict) -> bool:
+    return all((out / e["path"] / name).is_file()
+               for e in ladder.get("models", [])
+               for name in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path, console) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunelens.models.pretrain import pretrain
+
+    entries = []
+    columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for rung in spec.rungs:
+            task = progress.add_task(rung.name, total=spec.steps)
+            model = new_llama(tokenizer, rung.hidden_size, rung.num_layers, rung.num_heads,
+                              rung.intermediate_size, max_positions=spec.max_positions,
+                              seed=spec.seed)
+            result = pretrain(
+                model, tokenizer, blocks, steps=spec.steps, batch_size=spec.batch_size,
+                learning_rate=rung.learning_rate, seed=spec.seed,
+                on_step=lambda step, task=task: progress.update(task, completed=step),
+            )
+            model.config.use_cache = True
+            save_checkpoint(model.to("cpu"), tokenizer, tmp / rung.name)
+            entries.append({
+                "name": rung.name,
+                "path": rung.name,
+                "params": sum(p.numel() for p in model.parameters()),
+                "tokens_seen": result.tokens_seen,
+                "final_loss": round(result.final_loss, 4),
+                "seconds": round(result.seconds, 2),
+                **{k: v for k, v in asdict(rung).items() if k != "name"},
+                "steps": spec.steps,
+                "loss_history": result.loss_history,
+            })
+    return entries

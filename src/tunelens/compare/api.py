@@ -1,0 +1,275 @@
+"""``compare_study``: the study folder in, ``stats/*.json`` out.
+
+Files written (each atomically, after everything has been computed, so a failure leaves the old
+set untouched): ``runs.json`` (the run index, failures included), ``concentration.json``,
+``category_shares.json``, ``tests.json`` (distinctness across strategies), ``agreement.json``
+and ``scale.json``. NaN never reaches the JSON: an undefined number is ``null``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tunelens.compare import agreement as agreement_mod
+from tunelens.compare import category_shares, concentration, scale
+from tunelens.compare.intervals import mean_interval
+from tunelens.compare.runs import RunInfo, discover_runs, primary_runs, read_attributions
+from tunelens.compare.significance import compare_paired
+from tunelens.config import ComparisonConfig
+from tunelens.errors import TunelensError
+from tunelens.io import write_json
+
+STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
+STRATEGY_ORDER = ("full", "freeze", "lora", "dora", "qlora")
+QUALITY_SKIP = {"n", "count", "length", "prediction_length", "reference_length"}
+STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale")
+STATS_FORMAT = 1  # bumped when the layout of stats/*.json changes; older files are recomputed
+
+
+def compare_study(study_dir: Path, config: ComparisonConfig | None = None, out: Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Compute every comparison statistic of a study and write them to ``out`` (``<study>/stats``).
+
+    Returns the same objects that were written, keyed by file stem. ``progress(step)`` is called
+    as each of :data:`STEPS` ends.
+    """
+    cfg = config or ComparisonConfig()
+    study_dir = Path(study_dir)
+    out = Path(out) if out is not None else study_dir / "stats"
+    tick = progress or (lambda step: None)
+    runs = discover_runs(study_dir)
+    if not runs:
+        raise TunelensError(f"{study_dir}: no runs found (expected models/, metrics/ or attributions/)")
+    primaries = sorted(primary_runs(runs), key=lambda r: (r.params or 0, r.model, _strategy_key(r.strategy),
+                                                           r.objective, r.rag))
+
+    attributions = {r.name: read_attributions(r.attributions) for r in runs if r.attributions}
+    tick("attributions")
+
+    conc = {n: concentration.per_example(a, cfg.top_k) for n, a in attributions.items()}
+    shares = {n: category_shares.per_example(a) for n, a in attributions.items()}
+    primary_names = [r.name for r in primaries]
+    conc_json = {
+        "top_k": cfg.top_k, "metrics": list(concentration.METRICS),
+        "per_run": {n: {"n_examples": int(len(conc[n])),
+                        **{m: _interval(conc[n][m], cfg, i) for i, m in enumerate(concentration.METRICS)}}
+                    for n in primary_names if n in conc},
+        "per_example": {n: conc[n].reset_index().to_dict(orient="records")
+                        for n in primary_names if n in conc},
+    }
+    shares_json = _shares_summary(primaries, shares, cfg)
+    tick("concentration")
+
+    tests_json = {"alpha": cfg.alpha, "confidence": cfg.confidence, "permutations": cfg.permutations,
+                  "permutation_test": "paired sign-flip on the mean difference (two-sided)",
+                  "correction": "Holm, over the pairwise comparisons of one metric in one group",
+                  "groups": _distinctness(primaries, conc, shares, cfg)}
+    tick("tests")
+
+    # cell -> its runs, the primary first, cells in the order of the primaries (size, strategy)
+    replicates: dict[str, list[str]] = {p.cell: [p.name] for p in primaries}
+    for r in sorted(runs, key=lambda r: -1 if r.seed is None else r.seed):
+        if r.name not in replicates[r.cell]:
+            replicates[r.cell].append(r.name)
+    vectors = {n: agreement_mod.example_vectors(a) for n, a in attributions.items()}
+    agree_json = agreement_mod.agreement(vectors, replicates, cfg.top_k, cfg.bootstrap_samples,
+                                         cfg.confidence, cfg.seed)
+    tick("agreement")
+
+    scale_json = {"threshold_per_decade": cfg.plateau_threshold, "confidence": cfg.confidence,
+                  "curves": _scale_curves(primaries, conc, cfg)}
+    tick("scale")
+
+    runs_json = {"format": STATS_FORMAT, "study": str(study_dir), "runs": [r.summary() for r in runs],
+                 "primary": primary_names,
+                 "failures": [{"run": r.name, "status": r.status, "error": r.error}
+                              for r in runs if r.status not in ("ok",)],
+                 "n_attributed": sum(1 for n in primary_names if n in attributions),
+                 "sizes": {r.model: r.params for r in primaries}}
+    result = {"runs": runs_json, "concentration": conc_json, "category_shares": shares_json,
+              "tests": tests_json, "agreement": agree_json, "scale": scale_json}
+    result = _clean(result)
+    for stem in STAT_FILES:
+        write_json(out / f"{stem}.json", result[stem])
+    tick("write")
+    return result
+
+
+def load_stats(stats_dir: Path) -> dict | None:
+    """The objects ``compare_study`` wrote; None if any file is missing or of another format."""
+    from tunelens.io import read_json
+
+    paths = {stem: Path(stats_dir) / f"{stem}.json" for stem in STAT_FILES}
+    if not all(p.exists() for p in paths.values()):
+        return None
+    stats = {stem: read_json(p) for stem, p in paths.items()}
+    if not isinstance(stats["runs"], dict) or stats["runs"].get("format") != STATS_FORMAT:
+        return None
+    return stats
+
+
+# -- pieces -------------------------------------------------------------------------------------
+
+
+def _interval(values, cfg: ComparisonConfig, offset: int = 0) -> dict:
+    return mean_interval(values, cfg.bootstrap_samples, cfg.confidence, cfg.seed + offset)
+
+
+def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame],
+                    cfg: ComparisonConfig) -> dict:
+    cats: list[str] = []
+    for r in primaries:
+        if r.name in shares:
+            cats += [c for c in shares[r.name].columns if c not in cats]
+    per_run = {r.name: {c: _interval(shares[r.name][c], cfg) for c in cats}
+               for r in primaries if r.name in shares}
+    per_strategy: dict[str, dict] = {}
+    per_model: dict[str, dict] = {}
+    for key_of, target in ((lambda r: r.strategy, per_strategy), (lambda r: r.model, per_model)):
+        members: dict[str, list[str]] = {}
+        for r in primaries:
+            if r.name in per_run:
+                members.setdefault(key_of(r), []).append(r.name)
+        for key, names in members.items():
+            target[key] = {"runs": names,
+                           "shares": {c: float(np.mean([per_run[n][c]["mean"] for n in names]))
+                                      for c in cats}}
+    for r in primaries:
+        if r.model in per_model:
+            per_model[r.model]["params"] = r.params
+    return {"categories": cats, "per_run": per_run, "per_strategy": _ordered(per_strategy),
+            "per_model": dict(sorted(per_model.items(), key=lambda kv: (kv[1].get("params") or 0, kv[0])))}
+
+
+def _series_by_metric(run: RunInfo, conc: dict, shares: dict) -> dict[str, tuple[str, pd.Series]]:
+    """Every per-example metric of a run, labelled by its kind."""
+    out: dict[str, tuple[str, pd.Series]] = {}
+    if run.name in conc:
+        for m in concentration.METRICS:
+            out[m] = ("concentration", conc[run.name][m])
+    if run.name in shares:
+        for c in shares[run.name].columns:
+            out[f"share_{c}"] = ("category", shares[run.name][c])
+    if run.per_example is not None:
+        for m in run.per_example.columns:
+            if m not in QUALITY_SKIP:
+                out[m] = ("quality", run.per_example[m])
+    return out
+
+
+def _aligned(series: dict[str, pd.Series]) -> pd.DataFrame:
+    """Examples × labels over the examples every label has a finite value for."""
+    frame = pd.concat(series, axis=1, join="inner")
+    return frame.replace([np.inf, -np.inf], np.nan).dropna()
+
+
+def _distinctness(primaries: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig) -> list:
+    groups: dict[tuple, list[RunInfo]] = {}
+    for r in primaries:
+        groups.setdefault(r.group, []).append(r)
+    out = []
+    for (model, objective, rag), members in sorted(
+            groups.items(), key=lambda kv: (kv[1][0].params or 0, kv[0])):
+        # a run with nothing per example (failed, or not yet evaluated) has nothing to compare
+        members = [r for r in sorted(members, key=lambda r: _strategy_key(r.strategy))
+                   if _series_by_metric(r, conc, shares)]
+        if len({r.strategy for r in members}) < 2:
+            continue
+        per_run = {r.strategy: _series_by_metric(r, conc, shares) for r in members}
+        metric_names = sorted(set.intersection(*(set(v) for v in per_run.values())),
+                              key=lambda m: (_KIND_ORDER[per_run[members[0].strategy][m][0]], m))
+        result = {"model": model, "objective": objective, "rag": rag,
+                  "runs": {r.strategy: r.name for r in members}, "metrics": {}, "skipped": {}}
+        for i, metric in enumerate(metric_names):
+            kind = per_run[members[0].strategy][metric][0]
+            frame = _aligned({s: per_run[s][metric][1] for s in per_run})
+            if len(frame) < 2:
+                result["skipped"][metric] = f"{len(frame)} example(s) common to all strategies"
+                continue
+            if kind == "category" and float(frame.to_numpy().sum()) == 0.0:
+                continue  # a category no strategy ever attributes to is not a question
+            stats_ = compare_paired({s: frame[s].to_numpy() for s in frame.columns}, cfg.alpha,
+                                    cfg.permutations, cfg.seed + i)
+            stats_["kind"] = kind
+            stats_["intervals"] = {s: _interval(frame[s], cfg, i) for s in frame.columns}
+            result["metrics"][metric] = stats_
+        out.append(result)
+    return out
+
+
+def _scale_curves(primaries: list[RunInfo], conc: dict, cfg: ComparisonConfig) -> list:
+    groups: dict[tuple, list[RunInfo]] = {}
+    for r in primaries:
+        if r.params:
+            groups.setdefault((r.strategy, r.objective, r.rag), []).append(r)
+    curves = []
+    for (strategy, objective, rag), members in sorted(
+            groups.items(), key=lambda kv: (_strategy_key(kv[0][0]), kv[0][1], kv[0][2])):
+        if len({r.params for r in members}) < 2:
+            continue
+        per_example: dict[str, tuple[str, dict[str, pd.Series]]] = {}
+        for r in members:
+            if r.name in conc:
+                for m in concentration.METRICS:
+                    per_example.setdefault(m, ("any", {}))[1][r.name] = conc[r.name][m]
+            if r.per_example is not None:
+                for m in r.per_example.columns:
+                    if m not in QUALITY_SKIP:
+                        per_example.setdefault(m, ("higher", {}))[1][r.name] = r.per_example[m]
+        aggregate_only: dict[str, dict[str, float]] = {}
+        for r in members:  # quality metrics with no per-example values (corpus-level only)
+            for m, v in r.aggregate.items():
+                if m not in per_example and m not in QUALITY_SKIP:
+                    aggregate_only.setdefault(m, {})[r.name] = v
+        jobs = [(m, d, v, False) for m, (d, v) in per_example.items()]
+        jobs += [(m, "higher", v, True) for m, v in aggregate_only.items()]
+        for i, (metric, direction, values, is_aggregate) in enumerate(sorted(jobs, key=lambda j: j[0])):
+            rows, frame = [], None
+            for r in members:
+                if is_aggregate and r.name in values:
+                    lo, hi = r.intervals.get(metric, (None, None))
+                    rows.append({"run": r.name, "model": r.model, "params": r.params,
+                                 "value": values[r.name], "lo": lo, "hi": hi})
+            if not is_aggregate:
+                frame = _aligned(values)
+                rows = [{"run": r.name, "model": r.model, "params": r.params,
+                         "value": float(frame[r.name].mean())}
+                        for r in members if r.name in frame.columns and len(frame)]
+            if not rows:
+                continue
+            c = scale.curve(metric, pd.DataFrame(rows), frame if frame is not None and len(frame) >= 2
+                            else None, cfg.plateau_threshold, direction, cfg.bootstrap_samples,
+                            cfg.confidence, cfg.seed + i)
+            if c is not None:
+                curves.append({"strategy": strategy, "objective": objective, "rag": rag, **c})
+    return curves
+
+
+_KIND_ORDER = {"concentration": 0, "quality": 1, "category": 2}
+
+
+def _strategy_key(strategy: str) -> tuple[int, str]:
+    return (STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER),
+            strategy)
+
+
+def _ordered(d: dict) -> dict:
+    return dict(sorted(d.items(), key=lambda kv: _strategy_key(kv[0])))
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf become None, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,178 @@
+"""``evaluate``: a predictions file in, ``metrics.json`` out (aggregates, intervals, per example).
+
+The file holds ``aggregate`` (metric -> number, or null where the metric does not apply),
+``intervals`` (metric -> [low, high] bootstrap percentile interval), ``per_example`` (one row per
+prediction, keyed by ``id``) and ``info`` (counts, settings, judge template version). Every input
+problem is found before any work is done, and the output is written in one atomic step at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from tunelens.config import EvaluationConfig, JudgeConfig, format_validation_error
+from tunelens.errors import TunelensError
+from tunelens.evaluate import judge as judging
+from tunelens.evaluate.bootstrap import Resampler
+from tunelens.evaluate.diversity import diversity_metrics
+from tunelens.evaluate.metrics import ROUGE_TYPES, corpus_stats, text_metrics
+from tunelens.evaluate.rules import field_breakdown, score_rule
+from tunelens.io import read_jsonl, write_json
+
+REQUIRED = ("id", "reference", "prediction")
+MEAN_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "ngram_jaccard", "semantic_similarity", "exact_match")
+RULE_METRICS = ("rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy", "rule_exec_agreement")
+CORPUS_METRICS = ("bleu", "chrf")  # aggregated from summed statistics, not as a mean of sentences
+
+
+def load_predictions(path: str | Path, need_prompt: bool = False) -> list[dict]:
+    """Read and check a predictions JSONL; any problem is one error naming ``file:line``."""
+    path = Path(path)
+    rows = read_jsonl(path, required=REQUIRED + (("prompt",) if need_prompt else ()))
+    text = path.read_text(encoding="utf-8")
+    line_numbers = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    seen: dict[str, int] = {}
+    for row, line in zip(rows, line_numbers, strict=True):
+        where = f"{path}:{line}"
+        for key in ("reference", "prediction") + (("prompt",) if need_prompt else ()):
+            if not isinstance(row[key], str):
+                raise TunelensError(f"{where}: '{key}' must be a string, got {_kind(row[key])}")
+        if not isinstance(row["id"], str | int) or isinstance(row["id"], bool):
+            raise TunelensError(f"{where}: 'id' must be a string or integer, got {_kind(row['id'])}")
+        key = str(row["id"])
+        if key in seen:
+            raise TunelensError(f"{where}: duplicate id {row['id']!r} (first on line {seen[key]})")
+        seen[key] = line
+        samples = row.get("samples")
+        if samples is not None and not (
+            isinstance(samples, list) and all(isinstance(s, str) for s in samples)
+        ):
+            raise TunelensError(f"{where}: 'samples' must be a list of strings")
+    return rows
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def judge_config(base: JudgeConfig, url: str | None = None, model: str | None = None,
+                 path: str | None = None) -> JudgeConfig:
+    """``base`` with command-line judge settings laid over it (a URL replaces a path and back)."""
+    fields = base.model_dump()
+    if url is not None or path is not None:
+        fields.update(url=url, path=path, model=model)
+    elif model is not None:
+        fields["model"] = model
+    try:
+        return JudgeConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise TunelensError(f"judge settings: {format_validation_error(exc)}") from None
+
+
+def evaluate(predictions: Path, out: Path, config: EvaluationConfig | None = None,
+             *, progress: bool = True) -> dict:
+    """Score a predictions file and write ``out`` (metrics JSON); returns what was written."""
+    config = config or EvaluationConfig()
+    predictions, out = Path(predictions), Path(out)
+    if out.is_dir():
+        raise TunelensError(f"{out}: is a folder, expected a file path for the metrics")
+    use_judge = judging.enabled(config.judge)
+    rows = load_predictions(predictions, need_prompt=use_judge)
+    judgements, judge_info = (_judge(rows, config.judge, progress) if use_judge else (None, None))
+    result = score(rows, config, judgements)
+    result["info"]["predictions"] = str(predictions)
+    if judge_info is not None:
+        result["info"]["judge"] = judge_info
+    write_json(out, result)
+    return result
+
+
+def _judge(rows: list[dict], config: JudgeConfig, progress: bool):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+        task = bar.add_task("judging", total=len(rows))
+        return judging.judge_rows(rows, config, advance=lambda: bar.advance(task))
+
+
+def score(rows: list[dict], config: EvaluationConfig,
+          judgements: list[judging.Judgement] | None = None) -> dict:
+    """Every metric of already-checked rows: the ``metrics.json`` object (without writing it)."""
+    preds = [r["prediction"] for r in rows]
+    refs = [r["reference"] for r in rows]
+    resampler = Resampler(len(rows), config.bootstrap_samples, config.seed, config.confidence)
+    aggregate: dict[str, float | None] = {}
+    intervals: dict[str, tuple[float, float] | None] = {}
+    per_example = [{"id": r["id"]} for r in rows]
+
+    stats = corpus_stats(preds, refs)
+    values: dict[str, list] = {
+        k: list(v) for k, v in text_metrics(preds, refs, config.embedding_model, stats).items()
+    }
+    rule_scores = [score_rule(p, r) for p, r in zip(preds, refs, strict=True)]
+    values["rule_parse_rate"] = [None if s is None else float(s.parsed) for s in rule_scores]
+    values["rule_field_accuracy"] = [None if s is None else s.field_accuracy for s in rule_scores]
+    values["rule_exec_accuracy"] = [None if s is None else s.exec_accuracy for s in rule_scores]
+    values["rule_exec_agreement"] = [None if s is None else s.exec_agreement for s in rule_scores]
+    if judgements is not None:
+        values["judge_accuracy"] = [j.verdict and j.verdict.accuracy for j in judgements]
+        values["judge_relevance"] = [j.verdict and j.verdict.relevance for j in judgements]
+
+    for name, column in values.items():
+        if name in CORPUS_METRICS:
+            continue
+        present = [v for v in column if v is not None]
+        aggregate[name] = float(np.mean(present)) if present else None
+        intervals[name] = resampler.mean(column) if present else None
+    for name, corpus in stats.items():
+        aggregate[name] = corpus.corpus_score()
+        intervals[name] = resampler.corpus(corpus.stats, corpus.score)
+
+    methods = {"default": "percentile bootstrap"}
+    samples = [r.get("samples") or [] for r in rows]
+    if any(samples):
+        div_aggregate, div_intervals, self_bleus = diversity_metrics(samples, resampler)
+        aggregate.update(div_aggregate)
+        intervals.update(div_intervals)
+        values["self_bleu"] = self_bleus
+        methods.update({k: "jackknife normal" for k in div_aggregate if k.startswith("distinct_")})
+
+    for name, column in values.items():
+        for row, value in zip(per_example, column, strict=True):
+            row[name] = _plain(value)
+    for row, rule in zip(per_example, rule_scores, strict=True):
+        row["rule_fields"] = None if rule is None else rule.fields
+    if judgements is not None:
+        for row, j in zip(per_example, judgements, strict=True):
+            row["judge_rationale"] = j.verdict.rationale if j.verdict else None
+            row["judge_attempts"] = j.attempts
+
+    info = {
+        "examples": len(rows),
+        "rule_scored_examples": sum(s is not None for s in rule_scores),
+        "rule_field_accuracy_by_field": field_breakdown(rule_scores),
+        "bootstrap_samples": config.bootstrap_samples,
+        "confidence": config.confidence,
+        "interval_methods": methods,
+        "seed": config.seed,
+    }
+    order = [*CORPUS_METRICS, *[k for k in MEAN_METRICS if k not in CORPUS_METRICS], *RULE_METRICS]
+    ordered = {k: aggregate[k] for k in order} | {k: v for k, v in aggregate.items() if k not in order}
+    return {
+        "aggregate": {k: _plain(v) for k, v in ordered.items()},
+        "intervals": {k: None if intervals.get(k) is None else list(intervals[k]) for k in ordered},
+        "per_example": per_example,
+        "info": info,
+    }
+
+
+def _plain(value):
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

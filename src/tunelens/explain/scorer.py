@@ -1,0 +1,265 @@
+"""The scorer: log p(target | input) for many perturbed inputs of one prompt, batched.
+
+Why ours and not Captum's or Inseq's forward function: both run one perturbation per forward pass
+and compute logits over the whole vocabulary at every position. Here
+
+* perturbed inputs are scored in padding-aware batches (right padding, so every real token keeps
+  its position id and the causal mask never lets it see a pad), the target teacher-forced in the
+  same pass;
+* the LM head is applied only at the positions that predict target tokens: hidden states come
+  from the model body, are gathered, and only then projected onto the vocabulary (once per model
+  this path is checked against the full model's logits; models that post-process logits in ways
+  we do not know fall back to the full forward);
+* the unperturbed prompt is run once and its KV cache kept; a batch of perturbations whose first
+  perturbed position is ``p`` starts from the cached prefix ``[0, p)`` expanded over the batch,
+  so only the suffix is recomputed (perturbations are sorted by ``p`` so that a batch shares a
+  long prefix). Layers with sliding windows or other non-plain caches disable this reuse;
+* the batch size follows a memory estimate (sequence length × hidden size × layers, the KV cache
+  and the gathered logits) unless given.
+
+Results are per target token, so per-target attribution matrices cost nothing extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tunelens.errors import TunelensError
+
+MAX_BATCH = 256
+
+
+@dataclass
+class Prepared:
+    """One prompt and target after the unperturbed pass: its log-probs and (maybe) its KV cache."""
+
+    prompt_ids: np.ndarray
+    target_ids: np.ndarray
+    logprobs: np.ndarray
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+
+
+class Scorer:
+    """Per-target-token log-probabilities of a target under many variants of a prompt."""
+
+    def __init__(self, model, batch_size: int | None = None, memory_budget_mb: float = 1024.0,
+                 reuse_prefix: bool = True):
+        self.model = model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        body = getattr(inner, "base_model", None)
+        if head is None or body is None or body is inner:
+            raise TunelensError(
+                f"{type(inner).__name__} has no language-model head: load it with "
+                "AutoModelForCausalLM (tunelens.models.loading.load_model)"
+            )
+        self.head, self.body, self.config = head, body, inner.config
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget_mb * 2**20
+        self.reuse_prefix = reuse_prefix
+        self.device = next(model.parameters()).device
+        self.pad_id = _pad_id(self.config)
+        self.max_positions = getattr(self.config, "max_position_embeddings", None)
+        self.head_only: bool | None = None  # decided on the first prompt
+        self.forward_passes = 0
+        self.scored = 0
+
+    # -- public --------------------------------------------------------------------------------
+
+    def prepare(self, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Prepared:
+        """Run the unperturbed prompt + target once: its log-probs and the prefix KV cache."""
+        prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+        target_ids = np.asarray(target_ids, dtype=np.int64)
+        if len(target_ids) == 0:
+            raise TunelensError("empty target: nothing to attribute to")
+        if len(prompt_ids) == 0:
+            raise TunelensError("empty prompt: nothing to attribute")
+        total = len(prompt_ids) + len(target_ids)
+        if self.max_positions and total > self.max_positions:
+            raise TunelensError(
+                f"prompt ({len(prompt_ids)} tokens) + target ({len(target_ids)} tokens) exceed the "
+                f"model's context of {self.max_positions} positions"
+            )
+        with self._inference():
+            if self.head_only is None:
+                self.head_only = self._head_matches(prompt_ids, target_ids)
+            logprobs, cache = self._batch([prompt_ids], 0, target_ids, None, keep_cache=self.reuse_prefix)
+        return Prepared(prompt_ids, target_ids, logprobs[0], cache)
+
+    def score(self, prepared: Prepared, variants: Sequence[np.ndarray],
+              first_changed: Sequence[int]) -> np.ndarray:
+        """Log-probs [n, target tokens] of the target after each variant of the prompt.
+
+        ``first_changed[i]`` is a position before which variant i equals the unperturbed prompt
+        (any lower bound is correct; a tight one lets more of the cached prefix be reused).
+        """
+        n = len(variants)
+        out = np.empty((n, len(prepared.target_ids)), dtype=np.float64)
+        if n == 0:
+            return out
+        lengths = np.array([len(v) for v in variants])
+        if lengths.min() == 0:
+            raise TunelensError("a perturbation left the prompt empty (deletion baseline without BOS?)")
+        shared = np.minimum(np.asarray(first_changed), lengths - 1)
+        if prepared.cache is None:
+            shared = np.zeros_like(shared)
+        order = np.argsort(-shared, kind="stable")
+        start = 0
+        with self._inference():
+            while start < n:
+                stop = self._batch_end(order, start, shared, lengths, len(prepared.target_ids))
+                rows = order[start:stop]
+                prefix = int(shared[rows].min())
+                logprobs, _ = self._batch([variants[i] for i in rows], prefix, prepared.target_ids,
+                                          prepared.cache)
+                out[rows] = logprobs
+                start = stop
+        return out
+
+    # -- batching ------------------------------------------------------------------------------
+
+    def _batch_end(self, order, start, shared, lengths, n_target) -> int:
+        if self.batch_size:
+            return min(start + self.batch_size, len(order))
+        stop = start + 1
+        prefix, longest = shared[order[start]], lengths[order[start]]
+        while stop < len(order) and stop - start < MAX_BATCH:
+            i = order[stop]
+            cand_prefix, cand_longest = min(prefix, shared[i]), max(longest, lengths[i])
+            need = (stop - start + 1) * self.row_bytes(cand_prefix, cand_longest - cand_prefix + n_target,
+                                                       n_target)
+            if need > self.memory_budget:
+                break
+            prefix, longest = cand_prefix, cand_longest
+            stop += 1
+        return stop
+
+    def row_bytes(self, prefix: int, suffix: int, n_target: int) -> float:
+        """Rough peak memory of one row: KV cache, one layer's activations, attention, logits."""
+        cfg = self.config
+        hidden = getattr(cfg, "hidden_size", 1024)
+        layers = getattr(cfg, "num_hidden_layers", 24)
+        heads = getattr(cfg, "num_attention_heads", 16)
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+        inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
+        vocab = getattr(cfg, "vocab_size", 32000)
+        keys = prefix + suffix
+        itemsize = 4 if self.device.type == "cpu" else 2
+        cache = 2 * layers * keys * kv_heads * head_dim * itemsize * 2  # copy made when extended
+        acts = suffix * (6 * hidden + 3 * inter) * itemsize
+        attn = heads * suffix * keys * 4
+        logits = (suffix if not self.head_only else n_target) * vocab * 4 * 3
+        return float(cache + acts + attn + logits)
+
+    def _batch(self, rows: list[np.ndarray], prefix: int, target: np.ndarray, cache,
+               keep_cache: bool = False):
+        """One forward pass over ``rows`` (each = prompt variant), target appended to each."""
+        n_rows, n_target = len(rows), len(target)
+        suffixes = [np.concatenate([r[prefix:], target]) for r in rows]
+        width = max(len(s) for s in suffixes)
+        ids = np.full((n_rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n_rows, prefix + width), dtype=np.int64)
+        mask[:, :prefix] = 1
+        for i, s in enumerate(suffixes):
+            ids[i, :len(s)] = s
+            mask[i, prefix:prefix + len(s)] = 1
+        # hidden state at suffix index (len(row) - prefix - 1 + t) predicts target token t
+        starts = np.array([len(r) - prefix - 1 for r in rows])
+        gather = torch.as_tensor(starts[:, None] + np.arange(n_target)[None, :], device=self.device)
+        ids_t = torch.as_tensor(ids, device=self.device)
+        mask_t = torch.as_tensor(mask, device=self.device)
+        past = None
+        if prefix > 0:
+            from transformers import DynamicCache
+
+            past = DynamicCache(ddp_cache_data=[
+                (k[:, :, :prefix].expand(n_rows, -1, -1, -1), v[:, :, :prefix].expand(n_rows, -1, -1, -1))
+                for k, v in cache
+            ])
+        use_cache = keep_cache or past is not None
+        if self.head_only:
+            out = self.body(input_ids=ids_t, attention_mask=mask_t, past_key_values=past, use_cache=use_cache)
+            hidden = out.last_hidden_state
+            picked = hidden[torch.arange(n_rows, device=self.device)[:, None], gather]
+            logits = self._postprocess(self.head(picked))
+        else:
+            out = self.model(input_ids=ids_t, attention_mask=mask_t, past_key_values=past, use_cache=use_cache)
+            logits = out.logits[torch.arange(n_rows, device=self.device)[:, None], gather]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target_t = torch.as_tensor(target, device=self.device)
+        picked_lp = logprobs.gather(-1, target_t.expand(n_rows, -1).unsqueeze(-1)).squeeze(-1)
+        self.forward_passes += 1
+        self.scored += n_rows
+        kept = None
+        if keep_cache:
+            kept = _plain_layers(out.past_key_values)
+        return picked_lp.double().cpu().numpy(), kept
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _postprocess(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logit transforms some architectures apply after the head (Gemma, Cohere, Granite)."""
+        cfg = self.config
+        if getattr(cfg, "logit_scale", None):
+            logits = logits * cfg.logit_scale
+        if getattr(cfg, "logits_scaling", None):
+            logits = logits / cfg.logits_scaling
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _head_matches(self, prompt_ids: np.ndarray, target_ids: np.ndarray) -> bool:
+        """Does body → gathered positions → head reproduce the model's own log-probs?"""
+        self.head_only = True
+        ours, _ = self._batch([prompt_ids], 0, target_ids, None)
+        self.head_only = False
+        theirs, _ = self._batch([prompt_ids], 0, target_ids, None)
+        self.forward_passes -= 2
+        self.scored -= 2
+        if np.allclose(ours, theirs, atol=1e-3, rtol=1e-4):
+            return True
+        warnings.warn(
+            f"{type(self.model).__name__}: head-only scoring does not match the model's logits; "
+            "using full forward passes (slower)", stacklevel=3,
+        )
+        return False
+
+    @contextlib.contextmanager
+    def _inference(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if was_training:
+                self.model.train()
+
+
+def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The (keys, values) of each layer if every layer is a plain growing cache, else None."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _pad_id(config) -> int:
+    """Any valid token id works as padding (pads are masked and never read); prefer the model's."""
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0

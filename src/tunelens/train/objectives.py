@@ -1,0 +1,69 @@
+"""Training objectives: how a (prompt, completion) row becomes what TRL's SFTTrainer learns from.
+
+* ``instruct``: TRL's prompt/completion format. The prompt is the exact text generation and
+  attribution feed the model (:func:`tunelens.data.templates.render_prompt`: the tokenizer's chat
+  template when it has one, else the plain template) and the completion ends with EOS, so the
+  tuned model learns to stop. TRL masks the prompt tokens out of the loss (label -100).
+* ``causal``: TRL's language-modelling format. Prompt and completion are joined by the plain
+  template (:func:`render_causal`) plus EOS, and every token is a target.
+
+Rows are read strictly (``file:line`` on the first bad one) before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelens.data.templates import render_causal, render_prompt
+from tunelens.errors import TunelensError
+from tunelens.io import read_jsonl
+
+OBJECTIVES = ("instruct", "causal")
+REQUIRED_FIELDS = ("prompt", "completion")
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise TunelensError(
+            f"unknown objective '{objective}': expected one of {', '.join(OBJECTIVES)}"
+        )
+
+
+def load_split(data_dir: str | Path, split: str) -> list[dict]:
+    """Rows of ``<data_dir>/<split>.jsonl``; each needs string ``prompt`` and ``completion``."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not Path(data_dir).is_dir():
+        raise TunelensError(f"{data_dir}: no such folder (expected train.jsonl and val.jsonl in it)")
+    rows = read_jsonl(path, required=REQUIRED_FIELDS)
+    for lineno, row in enumerate(rows, start=1):
+        for key in REQUIRED_FIELDS:
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise TunelensError(f"{path}: row {lineno}: '{key}' must be a non-empty string")
+    return rows
+
+
+def format_rows(rows: list[dict], tokenizer, objective: str) -> list[dict]:
+    """Rows in the TRL format of ``objective`` (text only; TRL tokenises)."""
+    check_objective(objective)
+    eos = tokenizer.eos_token or ""
+    if objective == "instruct":
+        return [
+            {"prompt": render_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
+            for r in rows
+        ]
+    return [{"text": _with_eos(render_causal(r["prompt"], r["completion"]), eos)} for r in rows]
+
+
+def to_dataset(rows: list[dict], tokenizer, objective: str):
+    from datasets import Dataset
+
+    return Dataset.from_list(format_rows(rows, tokenizer, objective))
+
+
+def example_text(example: dict) -> str:
+    """The whole text of a formatted example (for length-based ordering)."""
+    return example["text"] if "text" in example else example["prompt"] + example["completion"]
+
+
+def _with_eos(text: str, eos: str) -> str:
+    return text if not eos or text.endswith(eos) else text + eos
