@@ -100,3 +100,12 @@ def test_micro_model_loads_and_runs(micro_model):
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], len(tok))
     assert json.loads((tok.name_or_path and "{}") or "{}") == {}
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    write_jsonl(tmp_path / "r.jsonl", [{"a": 1}])
+    mode = stat.S_IMODE(os.stat(tmp_path / "r.jsonl").st_mode)
+    assert mode & stat.S_IROTH, oct(mode)
