@@ -285,6 +285,84 @@ def zoo_build_cmd(
     console.print(table)
 
 
+@app.command("train")
+def train_cmd(
+    model: str = typer.Option(..., "--model", help="Base model: a local checkpoint folder or a "
+                              "Hugging Face hub id (needs the hub or its cache)."),
+    data: Path = typer.Option(..., "--data", help="Folder with train.jsonl and val.jsonl (rows: "
+                              "id, topic, source, prompt, completion)."),
+    strategy: str = typer.Option(..., "--strategy", help="full | lora | qlora (4-bit NF4 base + "
+                                 "LoRA) | dora | freeze (train only the top layers and the head)."),
+    objective: str = typer.Option(..., "--objective", help="instruct (prompt -> completion, loss "
+                                  "on the completion only) | causal (loss on every token, packed)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: adapter or weights, tokenizer, "
+                             "run.json. " + OUT_HELP),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps "
+                                         "(default: train.max_steps of the config)."),
+    config: Path | None = typer.Option(None, "--config", help="Study YAML whose 'train' and "
+                                       "'tracking' sections are used (default: built-in defaults)."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
+                                            "(default: sqlite:///<study>/mlflow.db for --out "
+                                            "<study>/models/<run>, else mlflow.db beside --out)."),
+    run_name: str | None = typer.Option(None, "--run-name", help="MLflow run name (default: the "
+                                        "name of --out)."),
+) -> None:
+    """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes."""
+    from rich.table import Table
+
+    from tunelens.config import TrackingConfig, TrainConfig, load_study, parse_study
+    from tunelens.train import train
+
+    study = load_study(config) if config else None
+    train_cfg = study.train if study else TrainConfig()
+    tracking_cfg = study.tracking if study else TrackingConfig()
+    if max_steps is not None or tracking_uri is not None:
+        raw = {"train": train_cfg.model_dump(), "tracking": tracking_cfg.model_dump()}
+        if max_steps is not None:
+            raw["train"]["max_steps"] = max_steps
+        if tracking_uri is not None:
+            raw["tracking"]["uri"] = tracking_uri
+        merged = parse_study(raw, origin="command line")
+        train_cfg, tracking_cfg = merged.train, merged.tracking
+    try:
+        info = train(model, data, out, strategy, objective, config=train_cfg, tracking=tracking_cfg,
+                     run_name=run_name, progress=True)
+    except KeyboardInterrupt:
+        err_console.print(f"[bold yellow]interrupted:[/] checkpoint saved under {out.parent}/"
+                          f".{out.name}.partial; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    table = Table(title=f"{strategy}/{objective} -> {out}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [("trainable / total params", f"{info['trainable_params']:,} / {info['total_params']:,}"),
+            ("steps", str(info["global_step"])),
+            ("val loss before -> after", f"{info['val_loss_before']:.4f} -> {info['val_loss_after']:.4f}"),
+            ("wall seconds", f"{info['wall_seconds']:.1f}"),
+            ("tokens / s", f"{info['tokens_per_second'] or 0:,.0f}"),
+            ("peak RSS MB", f"{info['peak_rss_mb']:,.0f}")]
+    if info.get("mlflow"):
+        rows.append(("MLflow", f"{info['mlflow']['tracking_uri']} run {info['mlflow']['run_id']}"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Option(..., "--model", help="A finished training run folder (with run.json)."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge adapter weights into the base "
+                               "(qlora: into the de-quantized fp32 base). The only export mode."),
+    out: Path = typer.Option(..., "--out", help="Standalone checkpoint folder. " + OUT_HELP),
+) -> None:
+    """Write a standalone checkpoint (no PEFT needed) from a training run."""
+    from tunelens.train import export_merged
+
+    if not merge:
+        raise TunelensError("export: only merged export exists; pass --merge")
+    path = export_merged(_existing(model, "folder"), out)
+    console.print(f"merged checkpoint written to [bold]{path}[/]")
+
+
 # ---------------------------------------------------------------------------------------------
 # rag, generate, evaluate
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +397,14 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
+def _gen_default(name: str, section: str = "generation") -> str:
+    """'(default: X)' read from config.py, so help texts never restate a default."""
+    from tunelens.config import GenerationConfig, RagConfig
+
+    cls = GenerationConfig if section == "generation" else RagConfig
+    return f"(default: {cls.model_fields[name].get_default(call_default_factory=True)!r})."
+
+
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option(..., "--model", help="Training run folder (full weights or a "
@@ -329,27 +415,34 @@ def generate_cmd(
     config: Path = typer.Option(None, "--config", help="Study YAML whose 'generation' and 'rag' "
                                 "sections supply the defaults below."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per "
-                                       "prompt [config: 96]."),
+                                       "prompt " + _gen_default("max_new_tokens")),
     sample: bool = typer.Option(None, "--sample/--greedy", help="Sample instead of greedy "
-                                "decoding [config: greedy]."),
-    temperature: float = typer.Option(None, "--temperature", help="Sampling temperature [1.0]."),
-    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass [1.0: off]."),
-    top_k: int = typer.Option(None, "--top-k", help="Sample from the k likeliest tokens [0: off]."),
+                                "decoding (default: greedy)."),
+    temperature: float = typer.Option(None, "--temperature",
+                                      help="Sampling temperature " + _gen_default("temperature")),
+    top_p: float = typer.Option(None, "--top-p",
+                                help="Nucleus sampling mass; 1 is off " + _gen_default("top_p")),
+    top_k: int = typer.Option(None, "--top-k", help="Sample from the k likeliest tokens; 0 is off "
+                              + _gen_default("top_k")),
     repetition_penalty: float = typer.Option(None, "--repetition-penalty",
-                                             help="Penalty on repeated tokens [1.0: off]."),
+                                             help="Penalty on repeated tokens; 1 is off "
+                                             + _gen_default("repetition_penalty")),
     num_samples: int = typer.Option(None, "--num-samples", help="Samples per prompt, written as "
-                                    "'samples' (needs --sample) [1]."),
+                                    "'samples' (needs --sample) " + _gen_default("num_samples")),
     stop: list[str] = typer.Option(None, "--stop", help="Cut the output at this string; repeat "
                                    "for several; \\n and \\t are understood; --stop '' for none "
-                                   "[config: a blank line]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Most prompts per batch [16]."),
+                                   "(default: a blank line)."),
+    batch_size: int = typer.Option(None, "--batch-size",
+                                   help="Most prompts per batch " + _gen_default("batch_size")),
     max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Most rows x (longest "
-                                         "prompt + max new tokens) per batch [16384]."),
+                                         "prompt + max new tokens) per batch; longer inputs get "
+                                         "smaller batches " + _gen_default("max_batch_tokens")),
     max_examples: int = typer.Option(None, "--max-examples", help="Only the first N rows."),
-    seed: int = typer.Option(None, "--seed", help="Seed for sampling [0]."),
+    seed: int = typer.Option(None, "--seed", help="Seed for sampling " + _gen_default("seed")),
     rag: Path = typer.Option(None, "--rag", help="Index folder from 'rag index': put the nearest "
                              "corpus examples into each prompt."),
-    rag_k: int = typer.Option(None, "--rag-k", help="Examples retrieved per prompt [config: 3]."),
+    rag_k: int = typer.Option(None, "--rag-k", help="Examples retrieved per prompt "
+                           + _gen_default("k", "rag")),
 ) -> None:
     """Generate a prediction for every clause of --data (batched, greedy or sampled)."""
     from pydantic import ValidationError
@@ -401,8 +494,8 @@ def evaluate_cmd(
     judge_path: str = typer.Option(None, "--judge-path", help="Local Hugging Face model used as "
                                    "judge instead of a server."),
     bootstrap_samples: int = typer.Option(None, "--bootstrap-samples", help="Resamples for the "
-                                          "intervals [config: 1000]."),
-    seed: int = typer.Option(None, "--seed", help="Seed of the resampling [config: 0]."),
+                                          "intervals (config default: 1000)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the resampling (config default: 0)."),
 ) -> None:
     """Score predictions: BLEU, chrF, ROUGE, n-gram Jaccard, semantic similarity, exact match,
     rule-level parse/field/execution accuracy, diversity of samples and (optionally) an LLM judge,
@@ -441,6 +534,69 @@ def evaluate_cmd(
 # ---------------------------------------------------------------------------------------------
 # explain
 # ---------------------------------------------------------------------------------------------
+
+
+@app.command("explain")
+def explain_cmd(
+    model: str = typer.Option(..., "--model", help="Training run folder (full weights or a "
+                              "LoRA/QLoRA adapter over its base) or any model path/id."),
+    data: Path = typer.Option(..., "--data", help="JSONL of dataset rows (id, prompt, completion) "
+                              "or predictions rows (id, prompt, reference, prediction)."),
+    out: Path = typer.Option(..., "--out", help="Attributions parquet (example_id, position, token, "
+                             "start, end, category, score); a token heat-map <stem>.html is "
+                             "written beside it. " + OUT_HELP),
+    config: Path = typer.Option(None, "--config", help="Study YAML whose 'explanation' section "
+                                "supplies the defaults below."),
+    method: str = typer.Option(None, "--method", help="occlusion (leave one out), shapley "
+                               "(permutation sampling), lime, kernel_shap, or a gradient method "
+                               "(saliency, input_x_gradient, integrated_gradients) [occlusion]."),
+    granularity: str = typer.Option(None, "--granularity", help="Features: token, word (sub-words "
+                                    "joined by whitespace) or span (the tagged categories' "
+                                    "spans) [token]."),
+    baseline: str = typer.Option(None, "--baseline", help="What replaces a feature: unk, pad or "
+                                 "mask token, delete (remove it), sample (random tokens, "
+                                 "averaged) [unk]."),
+    target: str = typer.Option(None, "--target", help="reference (the completion) or generation "
+                               "(the row's prediction) [reference]."),
+    n_samples: int = typer.Option(None, "--n-samples", help="Permutations (shapley) or masks "
+                                  "(lime, kernel_shap) per example [64]."),
+    max_examples: int = typer.Option(None, "--max-examples", help="Only the first N rows [24]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Perturbations per forward pass "
+                                   "[sized from --memory-budget-mb]."),
+    memory_budget_mb: float = typer.Option(None, "--memory-budget-mb", help="Memory one batch "
+                                           "of perturbations may use [1024]."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the sampling methods [0]."),
+    heatmap: bool = typer.Option(None, "--heatmap/--no-heatmap", help="Write the HTML heat-map "
+                                 "[yes]."),
+) -> None:
+    """Attribute each example's target to the tokens of its clause (batched perturbations);
+    resumable: rerunning after an interruption skips the finished examples."""
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from tunelens.config import ExplanationConfig, format_validation_error, load_study
+    from tunelens.explain import explain_run
+
+    base = load_study(_existing(config)).explanation if config else ExplanationConfig()
+    flags = {"method": method, "granularity": granularity, "baseline": baseline, "target": target,
+             "n_samples": n_samples, "max_examples": max_examples, "batch_size": batch_size,
+             "memory_budget_mb": memory_budget_mb, "seed": seed, "heatmap": heatmap}
+    try:
+        cfg = ExplanationConfig.model_validate(
+            {**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as exc:
+        raise TunelensError(f"explain: {format_validation_error(exc)}") from None
+    summary = explain_run(model, _existing(data), out, cfg)
+    table = Table(title=f"explain -> {out}")
+    for col in ("examples", "resumed", "features", "method", "forward passes", "perturbations",
+                "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(str(summary["examples"]), str(summary["resumed"]), str(summary["features"]),
+                  summary["method"], str(summary["forward_passes"]), str(summary["perturbations"]),
+                  f"{summary['seconds']:.1f}")
+    console.print(table)
+    if summary["heatmap"]:
+        console.print(f"heat-map: {summary['heatmap']}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,7 +718,8 @@ def report_cmd(
                                 "'comparison' sections apply; default <study>/study.yaml."),
 ) -> None:
     """Write one self-contained HTML report (figures embedded, no network) of a study, with the
-    PNG figures in <study>/figures. Runs `compare` first if <study>/stats is missing."""
+    PNG figures in <study>/figures. Runs `compare` first if <study>/stats is missing or older
+    than the study's outputs."""
     from tunelens.report import write_report
 
     _existing(study, "study folder")
@@ -670,8 +827,25 @@ class _StudyView:
             self.progress.advance(self.task)
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and tables are the output: silence the libraries' bars and chatter."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic", "bitsandbytes", "httpx", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
+    _quiet_libraries()
     try:
         app(args=argv, prog_name="tunelens", standalone_mode=False)
     except TunelensError as exc:

@@ -155,6 +155,13 @@ class StudyRunner:
         self.out = Path(self.out)
         self.stamps = Stamps(self.out)
         self.timings: dict[str, float] = {}
+        self._model_paths: dict[str, str] = {}
+
+    def model_path(self, spec: ModelSpec) -> str:
+        """The base model's path, building zoo models once per study run (timed as 'zoo')."""
+        if spec.name not in self._model_paths:
+            self._model_paths[spec.name] = self._timed("zoo", resolve_model_path, spec, self.zoo_root)
+        return self._model_paths[spec.name]
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -203,7 +210,7 @@ class StudyRunner:
         s = self.study
         data_stamp = _file_hash(data_dir / "train.jsonl") + _file_hash(data_dir / "test.jsonl")
         model_dir = self.out / "models" / cell.train_name
-        base_path = resolve_model_path(cell.model, self.zoo_root)
+        base_path = self.model_path(cell.model)
         train_stamp = fingerprint("train", base_path, cell.strategy, cell.objective,
                                   s.train.model_dump(), data_stamp)
         pred = self.out / "predictions" / f"{cell.name}.jsonl"
