@@ -65,16 +65,27 @@ def test_other_units_forces_light_time_area():
 
 
 def test_conditions_and_exceptions_make_it_not_applicable():
-    rule = parse_rule('RULE "Clause 4.2.6(a)": door.clear_width >= 815 mm IF door.accessible = true '
-                      "UNLESS building.sprinklered = true")
+    rule = parse_rule(
+        'RULE "Clause 4.2.6(a)": door.clear_width >= 815 mm IF door.accessible = true '
+        "UNLESS building.sprinklered = true"
+    )
+
     def design(width, accessible, sprinklered):
-        return {"building": {"sprinklered": sprinklered},
-                "elements": [{"type": "door", "id": "d", "clear_width": q(width, "mm"), "accessible": accessible}]}
+        return {
+            "building": {"sprinklered": sprinklered},
+            "elements": [
+                {"type": "door", "id": "d", "clear_width": q(width, "mm"), "accessible": accessible}
+            ],
+        }
+
     assert check(rule, design(800, True, False)) is Verdict.FAIL
     assert check(rule, design(900, True, False)) is Verdict.PASS
     assert check(rule, design(800, False, False)) is Verdict.NOT_APPLICABLE  # condition unmet
     assert check(rule, design(800, True, True)) is Verdict.NOT_APPLICABLE  # exception applies
-    missing = {"building": {"sprinklered": False}, "elements": [{"type": "door", "id": "d", "clear_width": q(800, "mm")}]}
+    missing = {
+        "building": {"sprinklered": False},
+        "elements": [{"type": "door", "id": "d", "clear_width": q(800, "mm")}],
+    }
     assert check(rule, missing) is Verdict.NOT_APPLICABLE  # unknown condition is not met
 
 
@@ -88,13 +99,25 @@ def test_exception_needs_all_its_atoms():
 
 
 def test_counts_booleans_words_and_ranges():
-    assert check(parse_rule("RULE 1: story.exits >= 2 IF story.occupant_load > 49"),
-                 {"elements": [{"type": "story", "id": "1", "exits": 1, "occupant_load": 50}]}) is Verdict.FAIL
-    assert check(parse_rule("RULE 1: story.exits >= 2 IF story.occupant_load > 49"),
-                 {"elements": [{"type": "story", "id": "1", "exits": 1, "occupant_load": 49}]}) is Verdict.NOT_APPLICABLE
+    assert (
+        check(
+            parse_rule("RULE 1: story.exits >= 2 IF story.occupant_load > 49"),
+            {"elements": [{"type": "story", "id": "1", "exits": 1, "occupant_load": 50}]},
+        )
+        is Verdict.FAIL
+    )
+    assert (
+        check(
+            parse_rule("RULE 1: story.exits >= 2 IF story.occupant_load > 49"),
+            {"elements": [{"type": "story", "id": "1", "exits": 1, "occupant_load": 49}]},
+        )
+        is Verdict.NOT_APPLICABLE
+    )
     assert check(parse_rule("RULE 1: stair.open_risers = false"), stair(open_risers=True)) is Verdict.FAIL
-    assert check(parse_rule("RULE 1: building.occupancy = assembly"),
-                 {"building": {"occupancy": "assembly"}}) is Verdict.PASS
+    assert (
+        check(parse_rule("RULE 1: building.occupancy = assembly"), {"building": {"occupancy": "assembly"}})
+        is Verdict.PASS
+    )
     between = parse_rule("RULE 1: stair.riser_height BETWEEN 4 in AND 7 in")
     assert check(between, stair(riser_height=q(178, "mm"))) is Verdict.PASS  # "7 inches (178 mm)"
     assert check(between, stair(riser_height=q(179, "mm"))) is Verdict.FAIL
@@ -104,9 +127,13 @@ def test_counts_booleans_words_and_ranges():
 
 def test_every_subject_element_is_checked():
     rule = parse_rule("RULE 1: stair.riser_height <= 178 mm")
-    design = {"elements": [{"type": "stair", "id": "a", "riser_height": q(170, "mm")},
-                           {"type": "stair", "id": "b", "riser_height": q(190, "mm")},
-                           {"type": "door", "id": "d"}]}
+    design = {
+        "elements": [
+            {"type": "stair", "id": "a", "riser_height": q(170, "mm")},
+            {"type": "stair", "id": "b", "riser_height": q(190, "mm")},
+            {"type": "door", "id": "d"},
+        ]
+    }
     assert check(rule, design) is Verdict.FAIL
     assert check(rule, {"elements": [{"type": "door", "id": "d"}]}) is Verdict.NOT_APPLICABLE
 
@@ -118,15 +145,19 @@ def test_strict_and_inclusive_comparators_differ_at_the_limit():
     assert check(parse_rule("RULE 1: stair.riser_height <= 7.00787 in"), d) is Verdict.PASS
 
 
-@pytest.mark.parametrize("text", [
-    "RULE 1011.5.2: stair.riser_height <= 178 mm",
-    'RULE "Clause 4.2.6(a)": door.clear_width >= 815 mm IF door.accessible = true UNLESS building.sprinklered = true',
-    "RULE 405.2: ramp.slope <= 1:12",
-    "RULE 504.2: stair.riser_height BETWEEN 100 mm AND 180 mm AND stair.tread_depth >= 280 mm",
-    "RULE 2: story.exits >= 2 IF story.occupant_load > 49",
-    "RULE 3: building.occupancy = assembly IF building.stories >= 3",
-    "RULE 4: guard.opening_size < 102 mm",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RULE 1011.5.2: stair.riser_height <= 178 mm",
+        'RULE "Clause 4.2.6(a)": door.clear_width >= 815 mm IF door.accessible = true '
+        "UNLESS building.sprinklered = true",
+        "RULE 405.2: ramp.slope <= 1:12",
+        "RULE 504.2: stair.riser_height BETWEEN 100 mm AND 180 mm AND stair.tread_depth >= 280 mm",
+        "RULE 2: story.exits >= 2 IF story.occupant_load > 49",
+        "RULE 3: building.occupancy = assembly IF building.stories >= 3",
+        "RULE 4: guard.opening_size < 102 mm",
+    ],
+)
 def test_sample_designs_cover_each_verdict_and_are_checked(text):
     rule = parse_rule(text)
     samples = sample_designs(rule)
@@ -142,16 +173,22 @@ def test_sample_designs_cover_each_verdict_and_are_checked(text):
 def test_execution_agreement_identical_and_equivalent_rules():
     ref = parse_rule("RULE 405.2: ramp.slope <= 1:12 IF ramp.accessible = true")
     assert execution_agreement(ref, ref) == 1.0
-    assert execution_agreement(parse_rule("RULE 9: ramp.slope <= 8.3333 % IF ramp.accessible = true"), ref) == 1.0
+    assert (
+        execution_agreement(parse_rule("RULE 9: ramp.slope <= 8.3333 % IF ramp.accessible = true"), ref)
+        == 1.0
+    )
 
 
-@pytest.mark.parametrize("pred", [
-    "RULE 405.2: ramp.slope >= 1:12 IF ramp.accessible = true",  # comparator flipped
-    "RULE 405.2: ramp.slope <= 1:8 IF ramp.accessible = true",  # value too lax
-    "RULE 405.2: door.slope <= 1:12 IF ramp.accessible = true",  # other element
-    "RULE 405.2: ramp.width <= 1:12 IF ramp.accessible = true",  # other property
-    "RULE 405.2: ramp.slope <= 12 mm IF ramp.accessible = true",  # incomparable unit
-])
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "RULE 405.2: ramp.slope >= 1:12 IF ramp.accessible = true",  # comparator flipped
+        "RULE 405.2: ramp.slope <= 1:8 IF ramp.accessible = true",  # value too lax
+        "RULE 405.2: door.slope <= 1:12 IF ramp.accessible = true",  # other element
+        "RULE 405.2: ramp.width <= 1:12 IF ramp.accessible = true",  # other property
+        "RULE 405.2: ramp.slope <= 12 mm IF ramp.accessible = true",  # incomparable unit
+    ],
+)
 def test_execution_agreement_is_low_for_wrong_rules(pred):
     ref = parse_rule("RULE 405.2: ramp.slope <= 1:12 IF ramp.accessible = true")
     assert execution_agreement(parse_rule(pred), ref) <= 0.6
@@ -160,19 +197,29 @@ def test_execution_agreement_is_low_for_wrong_rules(pred):
 def test_dropping_a_condition_or_comparator_strictness_is_noticed():
     ref = parse_rule("RULE 1: stair.riser_height <= 178 mm IF stair.occupant_load > 50")
     assert execution_agreement(parse_rule("RULE 1: stair.riser_height <= 178 mm"), ref) < 1.0
-    assert execution_agreement(parse_rule("RULE 1: stair.riser_height < 178 mm IF stair.occupant_load > 50"),
-                               ref) < 1.0
-    assert execution_agreement(parse_rule("RULE 1: stair.riser_height <= 178 mm IF stair.occupant_load >= 50"),
-                               ref) < 1.0
-    assert execution_agreement(parse_rule("RULE 1: stair.riser_height <= 178 mm IF stair.occupant_load > 50 "
-                                          "UNLESS building.sprinklered = true"), ref) == 1.0  # untested exception
+    assert (
+        execution_agreement(
+            parse_rule("RULE 1: stair.riser_height < 178 mm IF stair.occupant_load > 50"), ref
+        )
+        < 1.0
+    )
+    assert (
+        execution_agreement(
+            parse_rule("RULE 1: stair.riser_height <= 178 mm IF stair.occupant_load >= 50"), ref
+        )
+        < 1.0
+    )
 
 
 def test_execution_agreement_never_raises_on_odd_predictions():
     ref = parse_rule("RULE 1: stair.riser_height <= 178 mm UNLESS building.sprinklered = true")
-    for text in ["RULE 1: stair.riser_height = assembly", "RULE 1: building.sprinklered <= 5 kN",
-                 "RULE 1: stair.riser_height BETWEEN 1 deg AND 2 deg", "RULE 1: x.y != \"a b\"",
-                 "RULE 1: stair.riser_height <= 1 ach IF building.sprinklered = 3"]:
+    for text in [
+        "RULE 1: stair.riser_height = assembly",
+        "RULE 1: building.sprinklered <= 5 kN",
+        "RULE 1: stair.riser_height BETWEEN 1 deg AND 2 deg",
+        'RULE 1: x.y != "a b"',
+        "RULE 1: stair.riser_height <= 1 ach IF building.sprinklered = 3",
+    ]:
         score = execution_agreement(parse_rule(text), ref)
         assert 0.0 <= score < 1.0
 

@@ -186,6 +186,21 @@ def test_paired_tests_find_a_real_difference_and_not_a_fake_one():
     assert pairs["B", "C"]["p"] > 0.05 and not pairs["B", "C"]["significant"]
 
 
+def test_tests_are_calibrated_under_the_null():
+    """Same distribution for both: each test rejects at alpha 0.05 in about 5% of replications."""
+    from tunelens.compare.significance import sign_flip_p, wilcoxon
+
+    rng = np.random.default_rng(123)
+    reps, n = 80, 20
+    rejections = {"wilcoxon": 0, "permutation": 0}
+    for i in range(reps):
+        base = rng.normal(0, 1, n)  # a shared per-example effect: the data are paired
+        a, b = base + rng.normal(0, 0.5, n), base + rng.normal(0, 0.5, n)
+        rejections["wilcoxon"] += wilcoxon(a, b)[1] < 0.05
+        rejections["permutation"] += sign_flip_p(a, b, permutations=200, seed=i) < 0.05
+    assert rejections["wilcoxon"] / reps <= 0.125 and rejections["permutation"] / reps <= 0.125
+
+
 # -- the whole study -------------------------------------------------------------------------------
 
 
@@ -193,7 +208,9 @@ def test_compare_study_finds_the_built_in_differences(tmp_path):
     study = make_study(tmp_path, replicate=True)
     result = compare_study(study, FAST)
     for stem in ("runs", "concentration", "category_shares", "tests", "agreement", "scale"):
-        assert json.loads((study / "stats" / f"{stem}.json").read_text()) == result[stem]
+        text = (study / "stats" / f"{stem}.json").read_text()
+        assert "NaN" not in text and "Infinity" not in text, stem
+        assert json.loads(text) == result[stem]
     conc = result["concentration"]["per_run"]
     assert conc["s__full__instruct"]["gini"]["mean"] > conc["s__lora__instruct"]["gini"]["mean"] + 0.3
 
@@ -250,6 +267,20 @@ def test_study_with_one_model_and_missing_pieces(tmp_path):
     assert status["s__full__instruct"] == "incomplete"
 
 
+def test_an_all_zero_example_is_left_out_not_counted_as_uniform(tmp_path):
+    study = make_study(tmp_path, n_examples=6, models=("s",), failed=False)
+    path = study / "attributions" / "s__lora__instruct.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[frame["example_id"] == "ex000", "score"] = 0.0
+    frame.to_parquet(path)
+    result = compare_study(study, FAST)
+    rows = {r["example_id"]: r for r in result["concentration"]["per_example"]["s__lora__instruct"]}
+    assert rows["ex000"]["gini"] is None
+    assert result["concentration"]["per_run"]["s__lora__instruct"]["gini"]["n"] == 5
+    group = result["tests"]["groups"][0]
+    assert group["metrics"]["gini"]["n"] == 5  # paired over the examples every strategy has
+
+
 def test_malformed_metrics_file_is_named(tmp_path):
     study = tmp_path / "study"
     (study / "metrics").mkdir(parents=True)
@@ -283,5 +314,12 @@ def test_cli_compare_prints_a_summary_and_fails_cleanly(tmp_path, capsys, monkey
     text = capsys.readouterr().out
     assert "gini" in text and "s__full__instruct" in text
     assert (out / "tests.json").exists() and not (study / "stats").exists()
+    config = tmp_path / "study.yaml"
+    config.write_text("comparison:\n  top_k: 2\n  bootstrap_samples: 50\n  permutations: 50\n")
+    assert main(["compare", "--study", str(study), "--config", str(config)]) == 0
+    assert json.loads((study / "stats" / "concentration.json").read_text())["top_k"] == 2
+    config.write_text("comparison:\n  top_kk: 2\n")
+    assert main(["compare", "--study", str(study), "--config", str(config)]) == 2
+    assert "comparison.top_kk" in capsys.readouterr().err
     assert main(["compare", "--study", str(tmp_path / "nope")]) == 2
     assert "no such study folder" in capsys.readouterr().err

@@ -51,13 +51,12 @@ def test_greedy_batched_equals_one_at_a_time(micro_model):
     prompts = [render_prompt(tokenizer, c) for c in CLAUSES]
     lengths = {len(ids) for ids in encode_prompts(tokenizer, prompts)}
     assert len(lengths) >= 4  # the batch really mixes lengths, so left padding is exercised
-    config = GenerationConfig(max_new_tokens=12, stop=[], batch_size=16)
-    batched = generate_texts(model, tokenizer, prompts, config)
-    single = generate_texts(model, tokenizer, prompts, config.model_copy(update={"batch_size": 1}))
     reference = _one_at_a_time(model, tokenizer, prompts, 12)
-    assert [g.samples[0] for g in batched] == reference
-    assert [g.samples for g in batched] == [g.samples for g in single]
-    assert all(len(g.samples) == 1 for g in batched)
+    for batch_size in (16, 4, 1):
+        config = GenerationConfig(max_new_tokens=12, stop=[], batch_size=batch_size)
+        batched = generate_texts(model, tokenizer, prompts, config)
+        assert [g.samples[0] for g in batched] == reference, batch_size
+        assert all(len(g.samples) == 1 for g in batched)
 
 
 def test_stop_string_truncates_and_stops_early(micro_model):
@@ -115,11 +114,13 @@ def test_plan_batches_bounds_rows_and_tokens():
     batches = plan_batches(lengths, batch_size=3, max_batch_tokens=400, max_new_tokens=10)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
-    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
     for b in batches:
         assert len(b) <= 3
         assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 10) <= 400
     assert batches[0] == [3]  # 300 + 10 tokens leaves no room for a second row
+    # the token bound counts every sample: 2 rows x 2 samples x (50 + 10) = 240 > 200
+    assert plan_batches([50, 50], 8, 200, 10, num_samples=2) == [[0], [1]]
 
 
 class _OomAbove:

@@ -115,9 +115,11 @@ class TrainConfig(Section):
     gradual_unfreezing: bool = Field(
         False, description="'full' strategy: unfreeze layers top-down over the steps (ULMFiT-style)"
     )
-    packing: bool = Field(
-        True, description="pack examples into max_length blocks (best-fit, no cross-example attention); "
-        "off when a curriculum is set, since packing reorders examples"
+    packing: bool | None = Field(
+        None, description="pack examples into max_length blocks (best-fit, no cross-example "
+        "attention); default: on for 'causal', off for 'instruct' (without a varlen attention "
+        "kernel a pack costs attention over its whole length); always off with a curriculum, "
+        "since packing reorders examples"
     )
     precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="mixed precision; 'auto' is bfloat16 on a GPU that has it, else float32"

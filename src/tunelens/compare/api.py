@@ -26,7 +26,9 @@ from tunelens.io import write_json
 
 STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
 STRATEGY_ORDER = ("full", "freeze", "lora", "dora", "qlora")
-QUALITY_SKIP = {"n", "count", "length", "prediction_length", "reference_length"}
+# per-example numbers that are bookkeeping, not quality
+QUALITY_SKIP = {"n", "count", "length", "prediction_length", "reference_length", "judge_attempts"}
+LOWER_IS_BETTER = {"self_bleu", "ter"}  # scale plateaus look at the size of change, not its sign
 STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale")
 STATS_FORMAT = 1  # bumped when the layout of stats/*.json changes; older files are recomputed
 
@@ -220,14 +222,15 @@ def _scale_curves(primaries: list[RunInfo], conc: dict, cfg: ComparisonConfig) -
             if r.per_example is not None:
                 for m in r.per_example.columns:
                     if m not in QUALITY_SKIP:
-                        per_example.setdefault(m, ("higher", {}))[1][r.name] = r.per_example[m]
+                        direction = "any" if m in LOWER_IS_BETTER else "higher"
+                        per_example.setdefault(m, (direction, {}))[1][r.name] = r.per_example[m]
         aggregate_only: dict[str, dict[str, float]] = {}
         for r in members:  # quality metrics with no per-example values (corpus-level only)
             for m, v in r.aggregate.items():
                 if m not in per_example and m not in QUALITY_SKIP:
                     aggregate_only.setdefault(m, {})[r.name] = v
         jobs = [(m, d, v, False) for m, (d, v) in per_example.items()]
-        jobs += [(m, "higher", v, True) for m, v in aggregate_only.items()]
+        jobs += [(m, "any" if m in LOWER_IS_BETTER else "higher", v, True) for m, v in aggregate_only.items()]
         for i, (metric, direction, values, is_aggregate) in enumerate(sorted(jobs, key=lambda j: j[0])):
             rows, frame = [], None
             for r in members:

@@ -8,5 +8,6 @@ it to a trained run and a data file. Methods register themselves by name (see
 from tunelens.explain.api import attribute
 from tunelens.explain.base import AttributionMethod, Job, register
 from tunelens.explain.result import Attribution
+from tunelens.explain.run import explain_run
 
-__all__ = ["Attribution", "AttributionMethod", "Job", "attribute", "register"]
+__all__ = ["Attribution", "AttributionMethod", "Job", "attribute", "explain_run", "register"]

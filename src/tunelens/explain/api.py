@@ -31,7 +31,8 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
               method: str = "occlusion", granularity: str = "token", baseline: str = "unk", *,
               spans: Sequence[Sequence[Span]] | None = None,
               feature_window: Span | Sequence[Span | None] | None = None,
-              n_samples: int | None = None, seed: int | None = None, batch_size: int | None = None,
+              n_samples: int | None = None, seed: int | Sequence[int] | None = None,
+              batch_size: int | None = None,
               per_target: bool = True, baseline_trials: int | None = None,
               memory_budget_mb: float | None = None, reuse_prefix: bool | None = None,
               progress: Callable[[int], None] | None = None,
@@ -52,7 +53,7 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
         feature_window: (start, end) character range holding the features (one for all prompts
             or one per prompt); tokens outside it are context and never perturbed.
         n_samples: permutations (shapley) or masks (lime, kernel_shap).
-        seed: seeds sampling; prompt i uses the stream (seed, i).
+        seed: seeds sampling; prompt i uses the stream (seed, i) (a sequence seed: (*seed, i)).
         batch_size: perturbations per forward pass; default: sized from ``memory_budget_mb``.
         per_target: keep the [target tokens × features] matrix as well as the sequence scores.
         reuse_prefix: score perturbations on top of the unperturbed prompt's cached prefix.
@@ -98,11 +99,15 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
         target_ids = np.asarray(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=np.int64)
         job = Job(model=model, tokenizer=tokenizer, prompt=prompt, target=target, features=features,
                   target_ids=target_ids, baseline=baseline, granularity=granularity, options=options,
-                  scorer=scorer, rng=np.random.default_rng([options.seed, i]))
+                  scorer=scorer, rng=np.random.default_rng([*_seeds(options.seed), i]))
         results.append(estimator.explain(job))
         if progress is not None:
             progress(i + 1)
     return results
+
+
+def _seeds(seed) -> list[int]:
+    return [int(seed)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
 
 
 def _per_prompt(value, n: int, name: str) -> list:

@@ -34,7 +34,7 @@ class Options:
     """Settings shared by all methods of one ``attribute`` call (defaults: ExplanationConfig)."""
 
     n_samples: int
-    seed: int
+    seed: int | tuple[int, ...]
     batch_size: int | None
     per_target: bool
     baseline_trials: int

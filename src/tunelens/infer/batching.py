@@ -15,6 +15,12 @@ is choosing the batches. The rule used here:
 
 Each batch is seeded from the study seed and its first row's rank in the sorted order, so the
 same seed, data and batch settings give the same samples, retries included.
+
+Batches are static: a batch runs until its longest output ends (or every row stopped). Two ways
+around that were measured on the CPU and dropped: transformers' continuous batching
+(``generate_batch``) ran over 10x slower than plain ``generate`` here, and refilling finished
+rows between rounds by re-reading the unfinished rows' text was never faster, because prefill,
+not decoding, dominates short clause-to-rule outputs (benchmarks/generate_throughput.py).
 """
 
 from __future__ import annotations

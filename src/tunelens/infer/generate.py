@@ -67,7 +67,9 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
         from tunelens.infer.rag import Retriever
 
         retriever = Retriever(rag_index)  # before the model: a bad index fails fast
-        rag_k = rag_k or RagConfig().k
+        rag_k = RagConfig().k if rag_k is None else rag_k
+        if rag_k < 1:
+            raise TunelensError(f"rag k must be at least 1, got {rag_k}")
 
     from tunelens.models.loading import load_for_inference
 

@@ -14,9 +14,10 @@ that is the usual, harmless trade.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -49,14 +50,20 @@ def pack_blocks(tokenizer, texts: Sequence[str], block_size: int) -> list[list[i
 
 def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_size: int,
              learning_rate: float, seed: int, warmup_ratio: float = 0.1,
-             weight_decay: float = 0.01,
+             weight_decay: float = 0.01, cpu_threads: int | None = 1,
              on_step: Callable[[int], None] | None = None) -> PretrainResult:
     """Train ``model`` in place on packed ``blocks`` for ``steps`` optimiser steps.
 
-    Deterministic for a given seed on a given device and thread count: the weights come from the
-    caller's seeded initialisation, the sample order from Trainer's seeded sampler, and Llama has
-    no dropout by default. The final loss is the last logged training loss (the mean over the
-    last logging window), which is what a model card of a pre-trained model usually reports.
+    Deterministic for a given seed on a given device: the weights come from the caller's seeded
+    initialisation, the sample order from Trainer's seeded sampler, and Llama has no dropout by
+    default. The final loss is the last logged training loss (the mean over the last logging
+    window), which is what a model card of a pre-trained model usually reports.
+
+    On the CPU the call runs with ``cpu_threads`` intra-op threads (torch's setting is restored
+    afterwards; None keeps it). One thread is the default because a fixed thread count makes the
+    float reductions, and so the weights, the same on every machine, and because matrices this
+    small gain little from a second thread while losing badly when cores are shared: building the
+    quick ladder on a loaded 2-core machine took 18 s with one thread and 240 s with two.
     """
     import torch
     from datasets import Dataset
@@ -106,7 +113,8 @@ def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_siz
         )
         trainer.remove_callback(PrinterCallback)  # progress is the caller's; no raw log dicts
         start = time.perf_counter()
-        trainer.train()
+        with _threads(cpu_threads if model.device.type == "cpu" else None):
+            trainer.train()
         seconds = time.perf_counter() - start
     history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     model.eval()
@@ -116,3 +124,16 @@ def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_siz
         seconds=seconds,
         loss_history=history,
     )
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

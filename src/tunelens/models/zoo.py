@@ -80,15 +80,15 @@ PRESETS: dict[str, Preset] = {
             Rung("tl-q4", 128, 4, 4, 344, 2e-3),
         ),
     ),
-    # The demo study: ~86k to ~5.3M parameters (61x), a few minutes on 2 CPU cores.
+    # The demo study: ~86k to ~3.0M parameters (35x), about two minutes on one CPU core.
     "demo": Preset(
-        name="demo", vocab_size=1024, block_size=256, batch_size=8, steps=150, max_positions=512,
+        name="demo", vocab_size=1024, block_size=256, batch_size=8, steps=100, max_positions=512,
         seed=0,
         rungs=(
             Rung("tl-d1", 32, 2, 2, 64, 3e-3),
             Rung("tl-d2", 64, 3, 4, 172, 3e-3),
             Rung("tl-d3", 128, 4, 4, 344, 2e-3),
-            Rung("tl-d4", 256, 6, 8, 688, 1e-3),
+            Rung("tl-d4", 192, 6, 6, 512, 1.5e-3),
         ),
     ),
 }

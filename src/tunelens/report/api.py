@@ -26,6 +26,8 @@ from tunelens.report.token_spans import heatmaps, read_prompts
 
 QUALITY_KEYS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "ngram_jaccard", "semantic_similarity",
                 "exact_match", "rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy")
+FIGURE_FILES = {"training": "training_loss.png", "concentration": "concentration.png",
+                "categories": "category_shares.png", "scale": "scale.png", "agreement": "agreement.png"}
 INPUT_GLOBS = ("status.json", "models/*/run.json", "metrics/*.json", "attributions/*.parquet")
 
 
@@ -42,13 +44,17 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
         raise TunelensError(f"{study_dir}: no such study folder")
     stats = _fresh_stats(study_dir, comparison)
     fig_dir = study_dir / "figures"
+    files = {k: fig_dir / f for k, f in FIGURE_FILES.items()}
     paths = {
-        "training": figures.training(stats, fig_dir / "training_loss.png", cfg.dpi),
-        "concentration": figures.concentration(stats, fig_dir / "concentration.png", cfg.dpi),
-        "categories": figures.categories(stats, fig_dir / "category_shares.png", cfg.dpi),
-        "scale": figures.scale(stats, cfg.scale_metrics, fig_dir / "scale.png", cfg.dpi),
-        "agreement": figures.agreement(stats, fig_dir / "agreement.png", cfg.dpi),
+        "training": figures.training(stats, files["training"], cfg.dpi),
+        "concentration": figures.concentration(stats, files["concentration"], cfg.dpi),
+        "categories": figures.categories(stats, files["categories"], cfg.dpi),
+        "scale": figures.scale(stats, cfg.scale_metrics, files["scale"], cfg.dpi),
+        "agreement": figures.agreement(stats, files["agreement"], cfg.dpi),
     }
+    for key, path in paths.items():  # a figure the study no longer supports must not linger
+        if path is None and files[key].exists():
+            files[key].unlink()
     runs = stats["runs"]["runs"]
     primary = [r for r in runs if r["name"] in set(stats["runs"]["primary"])]
     primary.sort(key=lambda r: (r["params"] or 0, r["model"], figures.strategy_key(r["strategy"]),

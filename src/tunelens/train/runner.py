@@ -164,7 +164,8 @@ def _run_info(*, trainer, result, spec, config, objective, base_model, data_dir,
 
     history = trainer.state.log_history
     train_loss = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    val_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    evals = {h["step"]: h["eval_loss"] for h in reversed(history) if "eval_loss" in h}
+    val_loss = [{"step": step, "loss": loss} for step, loss in sorted(evals.items())]
     runtime = result.metrics.get("train_runtime") or 0.0
     tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     return {

@@ -84,6 +84,7 @@ def apply_strategy(model, spec: StrategySpec):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=spec.gradient_checkpointing
         )
+        _no_cpu_inference_packing(model)
     return _add_lora(model, spec.lora, use_dora=spec.strategy == "dora")
 
 
@@ -114,6 +115,16 @@ def _add_lora(model, lora: LoraConfig, use_dora: bool):
                 f"modules are: {', '.join(linear_module_names(model))}"
             ) from None
         raise
+
+
+def _no_cpu_inference_packing(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for an inference-only kernel
+    (no autograd) at the first eval-mode forward, e.g. the validation pass before training; every
+    later training forward would then backprop through that kernel and get wrong input gradients.
+    A model being trained keeps the autograd-capable path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def linear_module_names(model) -> list[str]:

@@ -58,12 +58,23 @@ def _requirement(fact: Fact, rng: random.Random, style: str) -> tuple[str, str, 
         b, bv = phrasing.render(fact.qty, hi, rng, style)
         template = rng.choice(phrasing.RANGE)
         return f"{subject} {template.format(a=a, b=b)}", f"{path} BETWEEN {av} AND {bv}", True
-    q, qv = phrasing.render(fact.qty, rng.choice(fact.values), rng, style)
+    value = rng.choice(fact.values)
+    q, qv = phrasing.render(fact.qty, value, rng, style)
     atom = f"{path} {phrasing.COMPARATOR[fact.kind]} {qv}"
     if fact.kind in ("max", "min") and rng.random() < P_NOUN_FORM:
         template = rng.choice(phrasing.NOUN_MAX if fact.kind == "max" else phrasing.NOUN_MIN)
         article = "An" if fact.measure[:1] in "aeiou" else "A"
         return template.format(m=fact.measure, q=q, A=article), atom, False
+    if fact.noun:  # counts: "Each story shall have not less than two exits"
+        q = f"{q} {fact.noun.removesuffix('s') if value == 1 else fact.noun}"
+        template = rng.choice(phrasing.COUNT_MAX if fact.kind == "max" else phrasing.COUNT_MIN)
+        return f"{subject} {template.format(q=q)}", atom, True
+    having = fact.having and fact.having not in subject.lower() and fact.kind in ("max", "min")
+    if having and rng.random() < 0.5:
+        template = rng.choice(phrasing.HAVING_MAX if fact.kind == "max" else phrasing.HAVING_MIN)
+        return f"{subject} {template.format(h=fact.having, q=q)}", atom, True
+    if fact.qty == "slope" and fact.kind == "max" and rng.random() < 0.5:
+        return f"{subject} {rng.choice(phrasing.SLOPE_MAX).format(q=q)}", atom, True
     return f"{subject} {rng.choice(phrasing.PHRASES[fact.kind]).format(q=q)}", atom, True
 
 

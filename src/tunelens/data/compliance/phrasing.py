@@ -13,8 +13,28 @@ import random
 
 from tunelens.data.compliance.rules import fmt_number
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-         "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
@@ -93,9 +113,12 @@ def _area(v, rng, style):
 def _slope(run, rng, style):
     pct = fmt_number(round(100 / run, 2))
     forms = [
-        (f"1:{fmt_number(run)}", True), (f"1 in {fmt_number(run)}", True),
+        (f"1:{fmt_number(run)}", True),
+        (f"1 in {fmt_number(run)}", True),
         (f"one unit vertical in {fmt_number(run)} units horizontal", True),
-        (f"1:{fmt_number(run)} ({pct} percent)", True), (f"{pct} percent", False), (f"{pct}%", False),
+        (f"1:{fmt_number(run)} ({pct} percent)", True),
+        (f"{pct} percent", False),
+        (f"{pct}%", False),
     ]
     text, is_ratio = rng.choice(forms)
     return text, (f"1:{fmt_number(run)}" if is_ratio else f"{pct} %")
@@ -165,8 +188,17 @@ def _ach(n, rng, style):
 
 
 RENDERERS = {
-    "len_small": _len_small, "len_large": _len_large, "area": _area, "slope": _slope, "angle": _angle,
-    "force": _force, "lux": _lux, "time": _time, "count": _count, "pct": _pct, "airflow": _airflow,
+    "len_small": _len_small,
+    "len_large": _len_large,
+    "area": _area,
+    "slope": _slope,
+    "angle": _angle,
+    "force": _force,
+    "lux": _lux,
+    "time": _time,
+    "count": _count,
+    "pct": _pct,
+    "airflow": _airflow,
     "ach": _ach,
 }
 US_STYLES = ["us_dual", "us_dual", "us_only", "metric", "metric_dual"]
@@ -179,26 +211,67 @@ def render(qty: str, value, rng: random.Random, style: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------ comparators
 
 MAX = [
-    "shall not exceed {q}", "shall be not more than {q}", "shall be {q} maximum", "shall not be greater than {q}",
-    "shall be a maximum of {q}", "shall be no more than {q}", "shall not be more than {q}",
-    "is limited to {q}", "must not exceed {q}", "shall be {q} max.", "shall be limited to a maximum of {q}",
+    "shall not exceed {q}",
+    "shall be not more than {q}",
+    "shall be {q} maximum",
+    "shall not be greater than {q}",
+    "shall be a maximum of {q}",
+    "shall be no more than {q}",
+    "shall not be more than {q}",
+    "is limited to {q}",
+    "must not exceed {q}",
+    "shall be {q} max.",
+    "shall be limited to a maximum of {q}",
 ]
 MIN = [
-    "shall be not less than {q}", "shall be {q} minimum", "shall be at least {q}", "shall not be less than {q}",
-    "shall be a minimum of {q}", "must be at least {q}", "shall be no less than {q}", "shall be {q} min.",
+    "shall be not less than {q}",
+    "shall be {q} minimum",
+    "shall be at least {q}",
+    "shall not be less than {q}",
+    "shall be a minimum of {q}",
+    "must be at least {q}",
+    "shall be no less than {q}",
+    "shall be {q} min.",
     "must not be less than {q}",
 ]
 GT = ["shall exceed {q}", "shall be greater than {q}", "shall be more than {q}"]
 LT = ["shall be less than {q}", "must be less than {q}", "shall be under {q}"]
 RANGE = [
-    "shall be between {a} and {b}", "shall be not less than {a} and not more than {b}",
-    "shall be {a} minimum and {b} maximum", "shall be from {a} to {b}", "shall be within {a} and {b}",
-    "shall be at least {a} but not more than {b}", "shall not be less than {a} nor greater than {b}",
+    "shall be between {a} and {b}",
+    "shall be not less than {a} and not more than {b}",
+    "shall be {a} minimum and {b} maximum",
+    "shall be from {a} to {b}",
+    "shall be within {a} and {b}",
+    "shall be at least {a} but not more than {b}",
+    "shall not be less than {a} nor greater than {b}",
 ]
-NOUN_MAX = ["The maximum {m} shall be {q}", "The {m} shall not exceed {q}", "Maximum {m}: {q}",
-            "{A} {m} of more than {q} is not permitted"]
-NOUN_MIN = ["The minimum {m} shall be {q}", "The {m} shall be not less than {q}", "Minimum {m}: {q}",
-            "{A} {m} of less than {q} is not permitted"]
+NOUN_MAX = [
+    "The maximum {m} shall be {q}",
+    "The {m} shall not exceed {q}",
+    "Maximum {m}: {q}",
+    "{A} {m} of more than {q} is not permitted",
+]
+NOUN_MIN = [
+    "The minimum {m} shall be {q}",
+    "The {m} shall be not less than {q}",
+    "Minimum {m}: {q}",
+    "{A} {m} of less than {q} is not permitted",
+]
+HAVING_MAX = [
+    "shall have a {h} of not more than {q}",
+    "shall have a maximum {h} of {q}",
+    "shall have a {h} not exceeding {q}",
+]
+HAVING_MIN = [
+    "shall have a {h} of not less than {q}",
+    "shall have a minimum {h} of {q}",
+    "shall have a {h} of at least {q}",
+    "shall be provided with a {h} of not less than {q}",
+]
+COUNT_MIN = ["shall have not less than {q}", "shall be provided with at least {q}",
+             "shall have a minimum of {q}", "shall be served by not fewer than {q}"]
+COUNT_MAX = ["shall have not more than {q}", "shall contain no more than {q}", "shall have a maximum of {q}"]
+SLOPE_MAX = ["shall not be steeper than {q}", "shall have a slope not steeper than {q}"]
 COMPARATOR = {"max": "<=", "min": ">=", "gt": ">", "lt": "<"}
 PHRASES = {"max": MAX, "min": MIN, "gt": GT, "lt": LT}
 
@@ -223,7 +296,8 @@ def clause_label(rng: random.Random) -> tuple[str, str]:
         return f"{r(1904, 1926)}.{r(21, 160)}({letter})({r(1, 12)})", "space"
     if style == "nz":
         return f"{rng.choice('BCDEFGHK')}{r(1, 4)} {r(1, 9)}.{r(1, 9)}" + (
-            f".{r(1, 9)}" if rng.random() < 0.4 else ""), "space"
+            f".{r(1, 9)}" if rng.random() < 0.4 else ""
+        ), "space"
     if style == "section":
         return f"Section {r(1, 30)}.{r(1, 20)}" + (f".{r(1, 9)}" if rng.random() < 0.5 else ""), "colon"
     if style == "irc":

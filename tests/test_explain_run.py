@@ -1,0 +1,122 @@
+"""The explain stage: parquet contract, clause-relative offsets, categories, resume, heat-map, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tunelens.cli import main
+from tunelens.config import ExplanationConfig
+from tunelens.errors import TunelensError
+from tunelens.explain import run as run_module
+from tunelens.explain.run import explain_run
+
+ROWS = [
+    {"id": "a", "prompt": "The clear width of a stair shall be not less than 900 mm.",
+     "completion": "RULE 1011.5.2 stair.width >= 900 mm"},
+    {"id": "b", "prompt": "Ramps shall have a slope not steeper than 1:12.",
+     "completion": "RULE K1-2.4 ramp.slope <= 8.33 %"},
+    {"id": "c", "prompt": "Exit access travel distance shall not exceed 60 m.",
+     "completion": "RULE 1017.2 exit.travel_distance <= 60 m"},
+]
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def test_parquet_rows_follow_the_contract(micro_model_dir, data, tmp_path):
+    out = tmp_path / "attributions" / "run.parquet"
+    summary = explain_run(str(micro_model_dir), data, out, ExplanationConfig(granularity="word"),
+                          progress=False)
+    frame = pd.read_parquet(out)
+    assert list(frame.columns)[:7] == ["example_id", "position", "token", "start", "end", "category",
+                                       "score"]
+    assert summary["examples"] == 3 and summary["features"] == len(frame)
+    by_id = {r["id"]: r["prompt"] for r in ROWS}
+    for row in frame.itertuples():
+        assert by_id[row.example_id][row.start:row.end] == row.token  # offsets relative to the clause
+    numbers = frame[frame.token.isin(["900", "60"])]
+    assert set(numbers.category) == {"NUMBER"}
+    assert set(frame[frame.token == "shall"].category) == {"MODAL"}
+    assert frame.groupby("example_id").position.apply(lambda p: list(p) == list(range(len(p)))).all()
+    html = out.with_suffix(".html").read_text()
+    assert html.count('class="example"') == 3 and "title=" in html
+    assert not list(out.parent.glob(".*"))  # no sidecar or temporary file left behind
+
+
+def test_template_tokens_are_context_not_features(micro_model_dir, data, tmp_path):
+    out = tmp_path / "run.parquet"
+    explain_run(str(micro_model_dir), data, out, ExplanationConfig(max_examples=1), progress=False)
+    frame = pd.read_parquet(out)
+    assert "".join(frame.token) == ROWS[0]["prompt"]
+    assert not frame.token.str.contains("###").any()
+
+
+def test_generation_target_needs_predictions(micro_model_dir, data, tmp_path):
+    with pytest.raises(TunelensError, match=r"test\.jsonl:1: no 'prediction'"):
+        explain_run(str(micro_model_dir), data, tmp_path / "x.parquet",
+                    ExplanationConfig(target="generation"), progress=False)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"],
+                                         "reference": r["completion"], "prediction": "RULE 1 x.y >= 2 mm"})
+                             + "\n" for r in ROWS))
+    ref = explain_run(str(micro_model_dir), preds, tmp_path / "ref.parquet", progress=False)
+    gen = explain_run(str(micro_model_dir), preds, tmp_path / "gen.parquet",
+                      ExplanationConfig(target="generation"), progress=False)
+    assert ref["features"] == gen["features"]
+    a, b = pd.read_parquet(tmp_path / "ref.parquet"), pd.read_parquet(tmp_path / "gen.parquet")
+    assert (a.target_logprob != b.target_logprob).all()
+
+
+def test_interrupted_run_resumes_where_it_stopped(micro_model_dir, data, tmp_path, monkeypatch):
+    config = ExplanationConfig(method="shapley", n_samples=4, granularity="word")
+    clean = tmp_path / "clean.parquet"
+    explain_run(str(micro_model_dir), data, clean, config, progress=False)
+
+    out = tmp_path / "run.parquet"
+    real = run_module._explain_one
+    calls = []
+
+    def flaky(llm, tok, ex, cfg):
+        calls.append(ex["example_id"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(llm, tok, ex, cfg)
+
+    monkeypatch.setattr(run_module, "_explain_one", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        explain_run(str(micro_model_dir), data, out, config, progress=False)
+    assert not out.exists()
+    monkeypatch.setattr(run_module, "_explain_one", real)
+    summary = explain_run(str(micro_model_dir), data, out, config, progress=False)
+    assert summary["resumed"] == 2
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(clean))
+    # other settings: nothing is reused
+    calls.clear()
+    monkeypatch.setattr(run_module, "_explain_one", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        explain_run(str(micro_model_dir), data, tmp_path / "again.parquet", config, progress=False)
+    monkeypatch.setattr(run_module, "_explain_one", real)
+    other = explain_run(str(micro_model_dir), data, tmp_path / "again.parquet",
+                        config.model_copy(update={"seed": 1}), progress=False)
+    assert other["resumed"] == 0
+
+
+def test_cli_explain_writes_and_reports_errors(micro_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "cli.parquet"
+    code = main(["explain", "--model", str(micro_model_dir), "--data", str(data), "--out", str(out),
+                 "--method", "occlusion", "--granularity", "token", "--max-examples", "2"])
+    assert code == 0 and out.exists() and out.with_suffix(".html").exists()
+    assert set(pd.read_parquet(out).example_id) == {"a", "b"}
+    assert main(["explain", "--model", str(micro_model_dir), "--data", str(tmp_path / "nope.jsonl"),
+                 "--out", str(out)]) == 2
+    assert "nope.jsonl: no such file" in capsys.readouterr().err
+    assert main(["explain", "--model", str(micro_model_dir), "--data", str(data), "--out", str(out),
+                 "--granularity", "letters"]) == 2
+    assert "granularity" in capsys.readouterr().err

@@ -1,0 +1,195 @@
+"""End-to-end fine-tuning on the micro model: each strategy learns, runs are tracked, Ctrl-C resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from _train_data import one_torch_thread, write_data  # noqa: F401
+from transformers import TrainerCallback
+
+from tunelens.cli import main
+from tunelens.config import TrackingConfig, TrainConfig
+from tunelens.train import train
+from tunelens.train.runner import partial_dir
+
+# A random-init micro model learns fast; these rates make 30 steps reliably lower val loss.
+FAST = dict(max_steps=30, learning_rate=1e-2, full_learning_rate=3e-3, batch_size=4, max_length=256,
+            logging_steps=10, warmup_ratio=0.0)
+RUN_KEYS = {"strategy", "objective", "base_model", "trainable_params", "total_params", "train_loss",
+            "val_loss_before", "val_loss_after", "wall_seconds", "tokens_per_second", "peak_rss_mb",
+            "config", "quantization"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """One SQLite store for the module (creating a store costs seconds)."""
+    return TrackingConfig(uri=f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}",
+                          experiment="tests")
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
+def test_strategy_lowers_val_loss_and_is_tracked(strategy, micro_model_dir, data_dir, tracking, tmp_path):
+    from mlflow import MlflowClient
+
+    out = tmp_path / strategy
+    info = train(str(micro_model_dir), data_dir, out, strategy, "instruct",
+                 config=TrainConfig(**FAST), tracking=tracking)
+
+    assert RUN_KEYS <= set(info)
+    assert info["val_loss_after"] < info["val_loss_before"] - 0.1
+    assert json.loads((out / "run.json").read_text()) == info
+    assert [r["step"] for r in info["train_loss"]] == [10, 20, 30]
+    assert info["tokens_per_second"] > 0 and info["peak_rss_mb"] > 0
+    if strategy == "full":
+        assert info["trainable_params"] == info["total_params"]
+        assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    else:
+        assert 0 < info["trainable_params"] < info["total_params"] / 2
+        assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    assert (info["quantization"] is not None) == (strategy == "qlora")
+    assert not partial_dir(out).exists()
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    run = client.get_run(info["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["strategy"] == strategy
+    assert run.data.metrics["val_loss_after"] == pytest.approx(info["val_loss_after"])
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [10, 20, 30]
+    assert "run.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_qlora_run_reloads_on_a_4bit_base(micro_model_dir, data_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    from tunelens.models.loading import load_for_inference
+
+    out = tmp_path / "q"
+    info = train(str(micro_model_dir), data_dir, out, "qlora", "instruct",
+                 config=TrainConfig(**{**FAST, "max_steps": 2}), tracking=TrackingConfig(enabled=False))
+    assert info["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True,
+                                    "compute_dtype": "float32"}
+    model, _ = load_for_inference(str(out))
+    base_linears = [m for name, m in model.named_modules()
+                    if name.endswith(("q_proj.base_layer", "down_proj.base_layer"))]
+    assert len(base_linears) == 4
+    assert all(isinstance(m, bnb.nn.Linear4bit) for m in base_linears)
+    assert base_linears[0].weight.quant_state.quant_type == "nf4"
+
+
+def test_dora_and_freeze(micro_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(**{**FAST, "max_steps": 3, "freeze_top_k": 1})
+    off = TrackingConfig(enabled=False)
+    dora = train(str(micro_model_dir), data_dir, tmp_path / "dora", "dora", "instruct", cfg, off)
+    assert json.loads((tmp_path / "dora" / "adapter_config.json").read_text())["use_dora"] is True
+    assert 0 < dora["trainable_params"] < dora["total_params"]
+
+    frozen = train(str(micro_model_dir), data_dir, tmp_path / "freeze", "freeze", "instruct", cfg, off)
+    assert 0 < frozen["trainable_params"] < frozen["total_params"]
+    before = load_file(micro_model_dir / "model.safetensors")
+    after = load_file(tmp_path / "freeze" / "model.safetensors")
+    changed = {k for k in before if not before[k].equal(after[k])}
+    assert changed  # the top layer and the head moved ...
+    assert all(k.startswith(("model.layers.1.", "lm_head", "model.norm")) for k in changed)
+    assert "lm_head.weight" in changed  # ... while layer 0 and the embeddings did not
+
+
+def test_interrupt_checkpoints_and_rerun_resumes(micro_model_dir, data_dir, tmp_path):
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    class FirstStep(TrainerCallback):
+        first = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.first is None:
+                self.first = state.global_step
+
+    cfg = TrainConfig(**{**FAST, "max_steps": 6, "logging_steps": 1})
+    study = tmp_path / "study"
+    out = study / "models" / "m__lora__instruct"
+    with pytest.raises(KeyboardInterrupt):
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, callbacks=[StopAt()])
+    assert not out.exists()
+    assert (partial_dir(out) / "checkpoints" / "checkpoint-3").is_dir()
+
+    first = FirstStep()
+    info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, callbacks=[first])
+    assert first.first == 3  # global_step continued from the checkpoint, not from 0
+    assert info["resumed_from_step"] == 3 and info["global_step"] == 6
+    steps = [r["step"] for r in info["train_loss"]]  # logs from before the interrupt are kept
+    assert steps == sorted(set(steps)) and {1, 2, 4, 5, 6} <= set(steps)
+    assert not partial_dir(out).exists() and (out / "run.json").exists()
+    # default tracking store: <study>/mlflow.db for runs at <study>/models/<run>
+    assert (study / "mlflow.db").exists() and not (study / "models" / "mlflow.db").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
+    statuses = sorted(r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("tunelens").experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def test_sigint_checkpoints_at_step_end_and_changed_config_starts_over(micro_model_dir, data_dir,
+                                                                        tmp_path):
+    class CtrlC(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-step 2
+
+    cfg = TrainConfig(**{**FAST, "max_steps": 4})
+    off = TrackingConfig(enabled=False)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off, callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    checkpoints = sorted(p.name for p in (partial_dir(out) / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2"]  # step 2 finished, then the run stopped
+    other = TrainConfig(**{**FAST, "max_steps": 3, "learning_rate": 5e-3})
+    info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", other, off)
+    assert info["resumed_from_step"] is None
+
+
+def test_early_stopping_on_rising_val_loss(micro_model_dir, data_dir, tmp_path):
+    cfg = TrainConfig(**{**FAST, "max_steps": 30, "full_learning_rate": 0.5, "eval_steps": 1,
+                         "early_stopping_patience": 1, "logging_steps": 1})
+    info = train(str(micro_model_dir), data_dir, tmp_path / "es", "full", "instruct", cfg,
+                 TrackingConfig(enabled=False))
+    assert info["stopped_early"] and info["global_step"] < 30
+    assert len(info["val_loss"]) == info["global_step"]
+
+
+def test_same_seed_same_losses(micro_model_dir, data_dir, tmp_path):
+    cfg = TrainConfig(**{**FAST, "max_steps": 3, "logging_steps": 1, "neftune_noise_alpha": 5.0,
+                         "dropout": 0.1, "weight_decay": 0.01})
+    off = TrackingConfig(enabled=False)
+    a = train(str(micro_model_dir), data_dir, tmp_path / "a", "lora", "causal", cfg, off)
+    b = train(str(micro_model_dir), data_dir, tmp_path / "b", "lora", "causal", cfg, off)
+    c = train(str(micro_model_dir), data_dir, tmp_path / "c", "lora", "causal",
+              cfg.model_copy(update={"seed": 1}), off)
+    assert a["train_loss"] == b["train_loss"]
+    assert a["train_loss"] != c["train_loss"]
+
+
+def test_cli_train_and_summary(micro_model_dir, data_dir, tracking, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = main(["train", "--model", str(micro_model_dir), "--data", str(data_dir), "--strategy", "lora",
+                 "--objective", "causal", "--out", str(out), "--max-steps", "2",
+                 "--tracking-uri", tracking.uri])
+    assert code == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["global_step"] == 2 and info["objective"] == "causal"
+    assert info["mlflow"]["tracking_uri"] == tracking.uri
+    assert "val loss before -> after" in capsys.readouterr().out
