@@ -138,6 +138,16 @@ def inseq_gap(model, tok, prompts, targets, ours, values) -> float:
     return gap
 
 
+def inseq_row(model, tok, prompts, targets, ours, counter, rows_out) -> None:
+    try:
+        import inseq  # noqa: F401
+    except ImportError:
+        rows_out.append(("inseq occlusion (not installed: pip install inseq)", None, None, None, None))
+        return
+    t, calls, tokens, res = timed(lambda: run_inseq(model, tok, prompts, targets), counter, 1)
+    rows_out.append(("inseq occlusion", t, calls, tokens, inseq_gap(model, tok, prompts, targets, ours, res)))
+
+
 def timed(fn, counter, repeats):
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -158,14 +168,17 @@ def profile_tunelens(model, tok, prompts, targets, console):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for every tool (default 1: the VM's 2 cores are shared, "
-                        "and oversubscribed threads distort small forward passes the most)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every tool (default: torch's, one per core); 1 "
+                        "measures arithmetic alone, without the parallel efficiency of big batches")
     parser.add_argument("--repeats", type=int, default=3, help="best of N for the fast tools")
     parser.add_argument("--slow", action="store_true", help="also Captum's exact token-by-token mode")
+    parser.add_argument("--quick", action="store_true",
+                        help="only tunelens and Captum by-seq (the slow rows take minutes)")
     parser.add_argument("--profile", action="store_true", help="profile the tunelens run")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console()
 
     model, tok, rows = build_model()
@@ -175,7 +188,7 @@ def main() -> None:
     lt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
     console.print(f"model: {n_params / 1e6:.1f}M parameters; {len(prompts)} prompts of "
                   f"{min(lp)}-{max(lp)} tokens, targets of {min(lt)}-{max(lt)} tokens; "
-                  f"{args.threads} thread(s)")
+                  f"{torch.get_num_threads()} torch thread(s)")
     counter = BodyCounter(model)
 
     rows_out = []
@@ -195,17 +208,12 @@ def main() -> None:
         rows_out.append((name, t, calls, tokens, gap))
 
     captum_row("captum by-seq", args.repeats, in_tokens=False)
-    captum_row("captum by-token, cached (default)", 1, in_tokens=True, cached=True)
+    if not args.quick:
+        captum_row("captum by-token, cached (default)", 1, in_tokens=True, cached=True)
     if args.slow:
         captum_row("captum by-token, no cache", 1, in_tokens=True, cached=False)
-    try:
-        import inseq  # noqa: F401
-    except ImportError:
-        rows_out.append(("inseq occlusion (not installed)", None, None, None, None))
-    else:
-        t, calls, tokens, res = timed(lambda: run_inseq(model, tok, prompts, targets), counter, 1)
-        rows_out.append(("inseq occlusion", t, calls, tokens,
-                         inseq_gap(model, tok, prompts, targets, ours, res)))
+    if not args.quick:
+        inseq_row(model, tok, prompts, targets, ours, counter, rows_out)
 
     table = Table(title="occlusion, UNK baseline: tunelens vs Captum vs Inseq")
     for col in ("tool", "seconds", "forward passes", "tokens computed", "max |Δ| vs tunelens",

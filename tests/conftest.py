@@ -48,7 +48,7 @@ def micro_model(micro_model_dir):
 
 @pytest.fixture(scope="session")
 def quick_zoo_dir(tmp_path_factory):
-    """The 'quick' model ladder (tl-q1..tl-q4, ~19k to ~0.9M params) pre-trained on the bundled
+    """The 'quick' model ladder (tl-q1..tl-q4, ~19k to ~0.8M params) pre-trained on the bundled
     corpus, built once per session (about 10-15 s): ``read_ladder(quick_zoo_dir)`` lists it."""
     from tunelens.models.zoo import build_zoo
 

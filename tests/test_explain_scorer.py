@@ -106,6 +106,10 @@ def test_features_skip_specials_and_respect_the_window(micro_model):
     assert tok.bos_token_id not in feats.input_ids[np.concatenate(feats.groups)]
     assert "".join(feats.texts) == PROMPT
     assert all(lo <= s < e <= lo + len(PROMPT) for s, e in feats.spans)
+    assert list(feats.input_ids).count(tok.bos_token_id) == 1
+    pre_rendered = build_features(tok, tok.bos_token + PROMPT, "token")  # BOS already in the text
+    assert list(pre_rendered.input_ids).count(tok.bos_token_id) == 1
+    assert len(pre_rendered) == len(build_features(tok, PROMPT, "token"))
     words = build_features(tok, PROMPT, "word")
     assert words.texts == PROMPT.split()
     at = PROMPT.index("32")

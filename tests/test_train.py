@@ -90,11 +90,16 @@ def test_dora_and_freeze(micro_model_dir, data_dir, tmp_path):
 
     cfg = TrainConfig(**{**FAST, "max_steps": 3, "freeze_top_k": 1})
     off = TrackingConfig(enabled=False)
-    dora = train(str(micro_model_dir), data_dir, tmp_path / "dora", "dora", "instruct", cfg, off)
+    # the other knobs ride along: checkpointing + accumulation on dora, a loss curriculum on freeze
+    dora_cfg = cfg.model_copy(update={"gradient_checkpointing": True, "gradient_accumulation_steps": 2,
+                                      "scheduler": "linear"})
+    dora = train(str(micro_model_dir), data_dir, tmp_path / "dora", "dora", "instruct", dora_cfg, off)
     assert json.loads((tmp_path / "dora" / "adapter_config.json").read_text())["use_dora"] is True
     assert 0 < dora["trainable_params"] < dora["total_params"]
+    assert dora["global_step"] == 3 and dora["train_tokens"] > 0
 
-    frozen = train(str(micro_model_dir), data_dir, tmp_path / "freeze", "freeze", "instruct", cfg, off)
+    frozen = train(str(micro_model_dir), data_dir, tmp_path / "freeze", "freeze", "instruct",
+                   cfg.model_copy(update={"curriculum": "loss"}), off)
     assert 0 < frozen["trainable_params"] < frozen["total_params"]
     before = load_file(micro_model_dir / "model.safetensors")
     after = load_file(tmp_path / "freeze" / "model.safetensors")
@@ -193,3 +198,22 @@ def test_cli_train_and_summary(micro_model_dir, data_dir, tracking, tmp_path, ca
     assert info["global_step"] == 2 and info["objective"] == "causal"
     assert info["mlflow"]["tracking_uri"] == tracking.uri
     assert "val loss before -> after" in capsys.readouterr().out
+
+
+def test_run_nests_under_an_active_mlflow_run(micro_model_dir, data_dir, tracking, tmp_path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.uri)
+    experiment = client.create_experiment("study-parent", artifact_location=(tmp_path / "art").as_uri())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking.uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment, run_name="study") as parent:
+            info = train(str(micro_model_dir), data_dir, tmp_path / "child", "lora", "instruct",
+                         TrainConfig(**{**FAST, "max_steps": 1}), TrackingConfig(uri=tracking.uri))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    child = client.get_run(info["mlflow"]["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.experiment_id == experiment
+    assert info["mlflow"]["experiment"] == "study-parent"

@@ -255,3 +255,47 @@ def test_packing_defaults_follow_the_objective(tmp_path):
     assert curriculum.packing is False and curriculum.train_sampling_strategy == "sequential"
     full = sft_config(TrainConfig(learning_rate=1e-3), StrategySpec("full"), "causal", tmp_path)
     assert full.learning_rate == pytest.approx(2e-4) and full.gradient_checkpointing is False
+
+
+def test_chat_template_prompt_ids_match_generation(micro_model, tmp_path):
+    """With a chat template that writes BOS, TRL must see the ids generation encodes (one BOS)."""
+    model, tokenizer = micro_model
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\\n"
+                               "{{ m['content'] }}\\n{% endfor %}{% if add_generation_prompt %}"
+                               "<|assistant|>\\n{% endif %}")
+    rows = clause_rows(2)
+    prepared = _prepared(model, tokenizer, rows, "instruct", tmp_path)
+    for row, ex in zip(rows, prepared, strict=True):
+        text = render_prompt(tokenizer, row["prompt"])
+        generation_ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as infer encodes it
+        assert generation_ids[0] == tokenizer.bos_token_id and generation_ids[1] != tokenizer.bos_token_id
+        assert ex["input_ids"][: len(generation_ids)] == generation_ids
+        assert ex["labels"][: len(generation_ids)] == [-100] * len(generation_ids)
+        assert ex["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_qlora_unpacks_weights_bitsandbytes_packed_for_cpu_inference(micro_model_dir, tmp_path):
+    """An eval forward before training (the loss curriculum) lets bitsandbytes repack 4-bit weights
+    for its no-autograd CPU kernel; apply_strategy must hand the trainer unpacked weights."""
+    from transformers import AutoTokenizer
+
+    from tunelens.models.zoo import new_llama, save_checkpoint
+    from tunelens.train.strategies import load_base as load
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
+    save_checkpoint(new_llama(tokenizer, hidden_size=64, num_layers=1, num_heads=2), tokenizer, tmp_path)
+    spec = StrategySpec.from_config("qlora", TrainConfig())
+    model, _ = load(str(tmp_path), spec)
+    ids = torch.tensor([tokenizer("The width of a stair")["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    packed = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None)
+              is not None and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+    if not packed:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack")
+    tuned = apply_strategy(model, spec)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in packed)
+    tuned.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(input_ids=ids).logits, before, atol=2e-2, rtol=0)

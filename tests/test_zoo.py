@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import pytest
 
@@ -96,6 +98,7 @@ def test_quick_ladder_spans_thirty_fold_and_loads_unchanged(quick_zoo_dir):
         with torch.no_grad():
             loss = model(**ids, labels=ids["input_ids"]).loss.item()
         assert loss < 20
+    assert entries[-1]["final_loss"] < entries[0]["final_loss"]  # the bigger model learned more
     # pre-training lowered the loss well below uniform guessing over the vocabulary
     vocab = json.loads((quick_zoo_dir / entries[0]["name"] / "config.json").read_text())["vocab_size"]
     assert entries[-1]["final_loss"] < 0.75 * float(torch.log(torch.tensor(float(vocab))))
@@ -111,6 +114,10 @@ def test_quick_ladder_card_and_ladder_file(quick_zoo_dir):
         assert f"{entry['params']:,}" in card
         assert f"{entry['tokens_seen']:,}" in card
         assert str(entry["final_loss"]) in card
+        umask = os.umask(0)
+        os.umask(umask)
+        weights = quick_zoo_dir / entry["path"] / "model.safetensors"
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask  # not transformers' 0600
 
 
 def test_cli_reuses_an_identical_build(quick_zoo_dir, capsys):
@@ -161,6 +168,11 @@ def test_reuse_rebuild_and_force(tmp_path, tiny_preset, monkeypatch, capsys):
     build_zoo(tiny_preset, out, force=True, rows=rows[:-3])
     assert "reused" not in capsys.readouterr().err
 
+    (out / "t2" / "model.safetensors").unlink()  # an incomplete folder is rebuilt, not reused
+    entries = build_zoo(tiny_preset, out, rows=rows[:-3])
+    assert "reused" not in capsys.readouterr().err
+    assert (out / "t2" / "model.safetensors").is_file() and len(entries) == 2
+
 
 def test_failed_build_leaves_the_previous_one_untouched(tmp_path, tiny_preset, monkeypatch):
     from tunelens.models import pretrain
@@ -194,3 +206,5 @@ def test_refuses_to_replace_a_folder_that_is_not_a_zoo(tmp_path, tiny_preset):
     with pytest.raises(TunelensError, match="not a zoo build"):
         build_zoo(tiny_preset, out, rows=standin_rows())
     assert (out / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(TunelensError, match="exists and is not a folder"):
+        build_zoo(tiny_preset, out / "thesis.tex", rows=standin_rows())

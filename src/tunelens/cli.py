@@ -262,8 +262,8 @@ def categories_cmd(
 @zoo_app.command("build")
 def zoo_build_cmd(
     preset: str = typer.Option(..., "--preset", help="Ladder recipe: 'quick' (4 models, ~19k to "
-                               "~0.9M parameters, seconds; for tests) or 'demo' (4 models, ~86k "
-                               "to ~5.3M parameters, a few minutes; for the demo study)."),
+                               "~0.8M parameters, seconds; for tests) or 'demo' (4 models, ~40k "
+                               "to ~2.1M parameters, a minute or two; for the demo study)."),
     out: Path = typer.Option(..., "--out", help="Zoo folder: one checkpoint per model plus "
                              "ladder.json. " + OUT_HELP),
     force: bool = typer.Option(False, "--force", help="Rebuild even if --out already holds an "
@@ -330,7 +330,7 @@ def train_cmd(
     except KeyboardInterrupt:
         err_console.print(f"[bold yellow]interrupted:[/] checkpoint saved under {out.parent}/"
                           f".{out.name}.partial; rerun the same command to resume")
-        raise typer.Exit(130) from None
+        raise typer.Abort() from None  # main() turns it into exit code 130
     table = Table(title=f"{strategy}/{objective} -> {out}")
     table.add_column("measure")
     table.add_column("value", justify="right")

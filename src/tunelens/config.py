@@ -205,6 +205,8 @@ class EvaluationConfig(Section):
 
 
 class ExplanationConfig(Section):
+    """Token attribution (``explain``): method, features, baseline, target, sampling, batching."""
+
     method: Method = "occlusion"
     granularity: Granularity = "token"
     baseline: Baseline = "unk"

@@ -48,12 +48,18 @@ class Features:
 
 
 def tokenize(tokenizer, prompt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, char offsets, special-token flags) of ``prompt`` as the model sees it (specials added)."""
+    """(ids, char offsets, special-token flags) of ``prompt`` as the model sees it.
+
+    Special tokens are added (BOS, as Captum's ``TextTokenInput`` and generation do) unless the
+    text already starts with the BOS token, as a rendered chat template does.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise TunelensError(
             f"{type(tokenizer).__name__}: attribution needs a fast tokenizer (character offsets)"
         )
-    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
+    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=add_special)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])

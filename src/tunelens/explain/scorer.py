@@ -12,8 +12,10 @@ and compute logits over the whole vocabulary at every position. Here
   we do not know fall back to the full forward);
 * the unperturbed prompt is run once and its KV cache kept; a batch of perturbations whose first
   perturbed position is ``p`` starts from the cached prefix ``[0, p)`` expanded over the batch,
-  so only the suffix is recomputed (perturbations are sorted by ``p`` so that a batch shares a
-  long prefix). Layers with sliding windows or other non-plain caches disable this reuse;
+  so only the suffix is recomputed. Perturbations are sorted by ``p`` and cut into batches by a
+  small dynamic programme that trades the prefix a batch loses (it can only reuse the shortest
+  one among its rows) against the fixed cost of another pass. Layers with sliding windows or
+  other non-plain caches disable this reuse;
 * the batch size follows a memory estimate (sequence length × hidden size × layers, the KV cache
   and the gathered logits) unless given.
 

@@ -29,9 +29,12 @@ _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 def load_tokenizer(path_or_id: str, trust_remote_code: bool = False):
     """The tokenizer of a model (pad token defaulting to EOS, as generation and batching need)."""
+    return _tokenizer(path_or_id, *_source(path_or_id), trust_remote_code)
+
+
+def _tokenizer(path_or_id: str, source: str, local_only: bool, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    source, local_only = _source(path_or_id)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
@@ -77,7 +80,7 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
         raise TunelensError(_cannot_load(path_or_id, "model weights", exc)) from None
     if quantization is not None:
         _keep_generic_4bit_path_where_unpackable(model)
-    return model, load_tokenizer(path_or_id, trust_remote_code)
+    return model, _tokenizer(path_or_id, source, local_only, trust_remote_code)
 
 
 def _keep_generic_4bit_path_where_unpackable(model) -> None:

@@ -62,8 +62,8 @@ def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_siz
     On the CPU the call runs with ``cpu_threads`` intra-op threads (torch's setting is restored
     afterwards; None keeps it). One thread is the default because a fixed thread count makes the
     float reductions, and so the weights, the same on every machine, and because matrices this
-    small gain little from a second thread while losing badly when cores are shared: building the
-    quick ladder on a loaded 2-core machine took 18 s with one thread and 240 s with two.
+    small gain little from a second thread while losing badly when cores are shared (in one
+    measurement on a loaded 2-core machine, a quick ladder took 18 s with one thread, 240 s with two).
     """
     import torch
     from datasets import Dataset

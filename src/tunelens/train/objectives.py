@@ -2,8 +2,9 @@
 
 * ``instruct``: TRL's prompt/completion format. The prompt is the exact text generation and
   attribution feed the model (:func:`tunelens.data.templates.render_prompt`: the tokenizer's chat
-  template when it has one, else the plain template) and the completion ends with EOS, so the
-  tuned model learns to stop. TRL masks the prompt tokens out of the loss (label -100).
+  template when it has one, else the plain template; see :func:`trl_prompt` for BOS) and the
+  completion ends with EOS, so the tuned model learns to stop. TRL masks the prompt tokens out
+  of the loss (label -100).
 * ``causal``: TRL's language-modelling format. Prompt and completion are joined by the plain
   template (:func:`render_causal`) plus EOS, and every token is a target.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelens.data.templates import render_causal, render_prompt
+from tunelens.data.templates import has_chat_template, render_causal, render_prompt
 from tunelens.errors import TunelensError
 from tunelens.io import read_jsonl
 
@@ -48,10 +49,27 @@ def format_rows(rows: list[dict], tokenizer, objective: str) -> list[dict]:
     eos = tokenizer.eos_token or ""
     if objective == "instruct":
         return [
-            {"prompt": render_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
+            {"prompt": trl_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
             for r in rows
         ]
     return [{"text": _with_eos(render_causal(r["prompt"], r["completion"]), eos)} for r in rows]
+
+
+def trl_prompt(tokenizer, prompt: str) -> str:
+    """``render_prompt``'s text, as TRL must see it to produce the ids generation feeds the model.
+
+    TRL tokenises a text prompt with the tokenizer's special tokens (BOS) added. A chat template
+    usually writes BOS into the text already, and generation then encodes it without adding
+    another; so that TRL does not train on a doubled BOS, the template's leading special-token
+    text is dropped when the tokenizer adds exactly those tokens itself.
+    """
+    text = render_prompt(tokenizer, prompt)
+    if has_chat_template(tokenizer):
+        added = tokenizer("", add_special_tokens=True)["input_ids"]
+        lead = tokenizer.decode(added) if added else ""
+        if lead and text.startswith(lead):
+            return text[len(lead):]
+    return text
 
 
 def to_dataset(rows: list[dict], tokenizer, objective: str):

@@ -58,7 +58,7 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
     base_model = str(Path(model).resolve()) if Path(model).exists() else model
 
     with _quiet_libraries():
-        from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+        from transformers import PrinterCallback, set_seed
         from trl import SFTTrainer
 
         base, tokenizer = load_base(model, spec)
@@ -75,14 +75,8 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
         resume_from = _last_checkpoint(checkpoint_dir) if "val_loss_before" in resume else None
 
         peak, interrupt = PeakMemory(), InterruptCheckpoint()
-        extra = [peak, interrupt] + list(callbacks or [])
-        if spec.gradual_unfreezing:
-            extra.append(GradualUnfreezing())
-        if config.early_stopping_patience:
-            extra.append(EarlyStoppingCallback(config.early_stopping_patience))
         bar = RichProgress(f"{strategy}/{objective}") if progress else None
-        if bar is not None:
-            extra.append(bar)
+        extra = [peak, interrupt, *(callbacks or []), *_optional_callbacks(spec, config, bar)]
         from datasets import Dataset
 
         trainer = SFTTrainer(
@@ -153,6 +147,19 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
         except Exception as exc:  # noqa: BLE001 - the run itself is saved; say so, keep it
             warnings.warn(f"MLflow logging to {tracker.uri} failed: {exc}", stacklevel=2)
     return info
+
+
+def _optional_callbacks(spec: StrategySpec, config: TrainConfig, bar) -> list:
+    from transformers import EarlyStoppingCallback
+
+    extra: list = []
+    if spec.gradual_unfreezing:
+        extra.append(GradualUnfreezing())
+    if config.early_stopping_patience:
+        extra.append(EarlyStoppingCallback(config.early_stopping_patience))
+    if bar is not None:
+        extra.append(bar)
+    return extra
 
 
 def _run_info(*, trainer, result, spec, config, objective, base_model, data_dir, n_rows, params,
@@ -250,6 +257,7 @@ def _quiet_libraries():
 
     verbosity = transformers.logging.get_verbosity()
     bars = datasets.is_progress_bar_enabled()
+    hf_bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -261,6 +269,7 @@ def _quiet_libraries():
             yield
     finally:
         transformers.logging.set_verbosity(verbosity)
-        transformers.utils.logging.enable_progress_bar()
+        if hf_bars:
+            transformers.utils.logging.enable_progress_bar()
         if bars:
             datasets.enable_progress_bars()

@@ -121,10 +121,19 @@ def _no_cpu_inference_packing(model) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for an inference-only kernel
     (no autograd) at the first eval-mode forward, e.g. the validation pass before training; every
     later training forward would then backprop through that kernel and get wrong input gradients.
-    A model being trained keeps the autograd-capable path."""
+    A model being trained keeps the autograd-capable path; weights already repacked (by a forward
+    before this, e.g. the loss curriculum) are unpacked again."""
     for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state
+            )
 
 
 def linear_module_names(model) -> list[str]:
@@ -209,7 +218,14 @@ def count_params(model) -> tuple[int, int]:
 
 
 def load_base(model: str, spec: StrategySpec, dtype: str = "float32"):
-    """(model, tokenizer) loaded the way the strategy needs (4-bit for qlora)."""
+    """(model, tokenizer) loaded the way the strategy needs (4-bit for qlora).
+
+    A quantized model is placed at load time (the Trainer never moves one), so on a GPU machine
+    it goes straight to the first GPU; an unquantized one is moved by the Trainer itself.
+    """
+    import torch
+
     from tunelens.models.loading import load_model
 
-    return load_model(model, dtype=dtype, quantization=spec.quantization)
+    device_map = "cuda:0" if spec.quantization is not None and torch.cuda.is_available() else None
+    return load_model(model, dtype=dtype, quantization=spec.quantization, device_map=device_map)

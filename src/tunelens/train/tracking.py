@@ -6,6 +6,9 @@ else is tracked in ``mlflow.db`` beside it (``<out>/../mlflow.db``). Artefacts o
 store go to ``mlartifacts/`` beside the database, never into the working directory. Any other URI
 (``--tracking-uri http://...``) is used as given, with the server's artefact store.
 
+When an MLflow run is already active on the same store with no experiment asked for (the study
+runner's parent run), the training run is created in its experiment, nested under it.
+
 The run is created before training starts, so an unreachable server fails the command early,
 and filled in at the end in a few batched calls (params, per-step losses, run.json), which keeps
 tracking off the training loop's hot path.
@@ -52,13 +55,24 @@ class Tracker:
 
         _quiet()  # after the import: mlflow sets its own log level when first imported
 
+        import mlflow
+
         self.uri = resolve_uri(out, tracking)
-        self.experiment_name = (tracking.experiment if tracking else None) or DEFAULT_EXPERIMENT
+        asked = tracking.experiment if tracking else None
+        self.experiment_name = asked or DEFAULT_EXPERIMENT
+        tags = {"tunelens.out": str(Path(out).resolve())}
+        parent = mlflow.active_run()  # e.g. the study runner's run: nest under it
+        if parent is not None and (mlflow.get_tracking_uri() != self.uri or asked):
+            parent = None
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = self._experiment(out)
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                         tags={"tunelens.out": str(Path(out).resolve())})
+            if parent is not None:
+                self.experiment_id = parent.info.experiment_id
+                self.experiment_name = self.client.get_experiment(self.experiment_id).name
+                tags["mlflow.parentRunId"] = parent.info.run_id
+            else:
+                self.experiment_id = self._experiment(out)
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         except Exception as exc:  # any store/connection failure is the user's to fix
             raise TunelensError(
                 f"MLflow tracking at {self.uri} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
