@@ -23,20 +23,37 @@ trained on the bundled code-compliance rows; the 8 examples are the bundled rows
 ``tokens`` counts the token positions those calls computed. ``max |Δ|`` compares sequence scores
 (per-step values for Inseq) with tunelens'.
 
-Measured on the 2-core development VM (AMD EPYC without AVX2, shared with other jobs), one torch
-thread, best of 3 (see the report for the table). Profile of the tunelens run (``--profile``):
-matrix products (``aten::mm``) take ~80% of the time, attention ~7%, element-wise ops (RMSNorm,
-rotary, SiLU) ~8%, the cache copies and log-softmax ~2%: the remaining time is the model's own
-arithmetic on the recomputed suffixes. Occlusion at position p must recompute positions p..end
-of the prompt and the whole target (everything after p depends on it), so the floor is
-sum_p (L - p + T) tokens against Captum's sum_p (L + T) (x1.5 for L=60, T=30); the head on T
-instead of L+T positions and larger matrix products add the rest. Forward passes are ~12x fewer,
-so on an accelerator or a quiet multi-core CPU, where a small forward pass is dominated by
-overhead rather than arithmetic, the gap is larger.
+Measured on the 2-core development VM (AMD EPYC, AVX but no AVX2, shared with other jobs; the
+load average was 2-4 throughout, so every number is noisy), 8 prompts of 54-66 tokens, targets of
+27-34 tokens, 5.2M parameters:
+
+    tool                          1 thread (best of 3)   2 threads (best of 5)   forward passes
+    tunelens                       4.23 s                  2.19 s                    52
+    tunelens, no prefix reuse      5.99 s  (1.42x)         2.87 s  (1.31x)           18
+    captum by-seq                  7.61 s  (1.80x)         5.14 s  (2.35x)          471
+    captum by-token, cached      245.4 s  (58x, wrong: max |Δ| 0.42)               14118
+    captum by-token, no cache    133.2 s  (31x)                                    14118
+    inseq occlusion              174.1 s  (41x)                                    17859
+
+All exact rows agree with tunelens to 6e-5 (Inseq's |Δp| to 1e-9). The 3x target against
+Captum's fastest exact mode (by-seq) is NOT met on this machine: 1.8x with one thread, 2.35x with
+two. Why, from the profile of the tunelens run (``--profile``): matrix products (``aten::mm``)
+take 84% of the time, attention 6.5%, element-wise ops (RMSNorm, rotary, SiLU) ~5%, cache copies
+and log-softmax ~2% -- the run is the model's own arithmetic. This CPU does ~15-25 GMAC/s, so a
+5M-parameter forward over 90 tokens costs ~16 ms of arithmetic and only ~1 ms of overhead:
+cutting forward passes 9x (471 -> 52) buys little, and batching raises matmul efficiency only
+~1.25x on one core. What is left is arithmetic that exactness requires: occluding position p
+changes every later position, so positions p..end of the prompt and the whole target must be
+recomputed -- sum_p (L - p + T) tokens against Captum's sum_p (L + T), i.e. 1.38x fewer here
+(30.3k vs 42.0k token positions, including the unperturbed passes), plus the LM head on T instead
+of L + T positions (~10%). Where a forward pass is overhead-bound (a GPU with a small model) the
+9x fewer passes should dominate instead; that was not measured (no GPU in this session).
 
     python benchmarks/attribution_speed.py                  # table (a few minutes)
     python benchmarks/attribution_speed.py --slow           # + Captum's exact token-by-token mode
     python benchmarks/attribution_speed.py --profile        # + where tunelens spends its time
+    python benchmarks/attribution_speed.py --quick          # tunelens and Captum by-seq only
+    python benchmarks/attribution_speed.py --threads 1      # arithmetic alone
 Target: >= 3x Captum's fastest exact mode.
 """
 

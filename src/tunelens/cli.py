@@ -549,25 +549,25 @@ def explain_cmd(
                                 "supplies the defaults below."),
     method: str = typer.Option(None, "--method", help="occlusion (leave one out), shapley "
                                "(permutation sampling), lime, kernel_shap, or a gradient method "
-                               "(saliency, input_x_gradient, integrated_gradients) [occlusion]."),
+                               "(saliency, input_x_gradient, integrated_gradients). Default: occlusion."),
     granularity: str = typer.Option(None, "--granularity", help="Features: token, word (sub-words "
                                     "joined by whitespace) or span (the tagged categories' "
-                                    "spans) [token]."),
+                                    "spans). Default: token."),
     baseline: str = typer.Option(None, "--baseline", help="What replaces a feature: unk, pad or "
                                  "mask token, delete (remove it), sample (random tokens, "
-                                 "averaged) [unk]."),
+                                 "averaged). Default: unk."),
     target: str = typer.Option(None, "--target", help="reference (the completion) or generation "
-                               "(the row's prediction) [reference]."),
+                               "(the row's prediction). Default: reference."),
     n_samples: int = typer.Option(None, "--n-samples", help="Permutations (shapley) or masks "
-                                  "(lime, kernel_shap) per example [64]."),
-    max_examples: int = typer.Option(None, "--max-examples", help="Only the first N rows [24]."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Perturbations per forward pass "
-                                   "[sized from --memory-budget-mb]."),
+                                  "(lime, kernel_shap) per example. Default: 64."),
+    max_examples: int = typer.Option(None, "--max-examples", help="Only the first N rows. Default: 24."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Perturbations per forward pass. "
+                                   "Default: sized from --memory-budget-mb."),
     memory_budget_mb: float = typer.Option(None, "--memory-budget-mb", help="Memory one batch "
-                                           "of perturbations may use [1024]."),
-    seed: int = typer.Option(None, "--seed", help="Seed of the sampling methods [0]."),
+                                           "of perturbations may use. Default: 1024."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the sampling methods. Default: 0."),
     heatmap: bool = typer.Option(None, "--heatmap/--no-heatmap", help="Write the HTML heat-map "
-                                 "[yes]."),
+                                 "Default: yes."),
 ) -> None:
     """Attribute each example's target to the tokens of its clause (batched perturbations);
     resumable: rerunning after an interruption skips the finished examples."""
