@@ -14,7 +14,9 @@ from tunelens.cli import main
 from tunelens.compare import compare_study
 from tunelens.config import ReportConfig
 from tunelens.report import write_report
-from tunelens.report.findings import concentration_findings, findings, quality_findings
+from tunelens.report.differences import significant_differences
+from tunelens.report.findings import digest
+from tunelens.report.wording import fmt_p
 
 SECTIONS = ("findings", "quality", "training", "tests", "concentration", "categories", "scale",
             "agreement", "heatmaps", "failures")
@@ -35,34 +37,50 @@ def report(study):
     return write_report(study, ReportConfig(title="synthetic study", heatmap_examples=2))
 
 
-def test_findings_state_differences_with_their_numbers(study):
+def test_findings_lead_with_the_differences_and_summarise_the_rest(study):
     from tunelens.compare import load_stats
 
     stats = load_stats(study / "stats")
-    group = next(g for g in stats["tests"]["groups"] if g["model"] == "s")
-    pairs = {(r["a"], r["b"]): r for r in group["metrics"]["gini"]["pairwise"]}
-    texts = [f.text for f in concentration_findings(stats["tests"]) if f.text.startswith("On s ")]
+    d = digest(stats, ["rule_exec_accuracy", "chrf", "gini"], cap=12)
+    assert len(d.bullets) <= 12
+    assert d.headline[0].kind == "failures" and "s__dora__instruct" in d.headline[0].text
 
-    real = pairs["full", "lora"]
-    sentence = next(t for t in texts if "full attributions are more concentrated than lora" in t)
-    assert f"Gini {real['mean_a']:.2f} vs {real['mean_b']:.2f}" in sentence
-    p_text = "p < 0.001" if real["p_holm"] < 0.001 else f"p = {real['p_holm']:.3f}"
-    assert p_text in sentence and f"r = {real['rank_biserial']:+.2f}" in sentence
+    # full is peaked on every model: one sentence, each model's numbers in it
+    conc = next(f.text for f in d.headline if f.kind == "difference" and f.topic == "concentration")
+    assert conc.startswith("Full fine-tuning attributions are more concentrated than LoRA on s (")
+    for g in stats["tests"]["groups"]:
+        real = next(r for r in g["metrics"]["gini"]["pairwise"] if (r["a"], r["b"]) == ("full", "lora"))
+        assert real["significant"]
+        p_text = "p < 0.001" if real["p_holm"] < 0.001 else f"p = {real['p_holm']:.3f}"
+        assert (f"{g['model']} (Gini {real['mean_a']:.2f} vs {real['mean_b']:.2f}, {p_text}, "
+                f"r = {real['rank_biserial']:.2f})") in conc
 
-    null = pairs["lora", "qlora"]
-    assert null["p_holm"] >= stats["tests"]["alpha"]
-    sentence = next(t for t in texts if "between lora and qlora" in t)
-    assert sentence.startswith("On s (instruct), no significant difference")
-    assert f"p = {null['p_holm']:.3f}" in sentence
+    # lora and qlora are alike by construction: no sentence of their own, one summary per kind
+    subjects = [f.text.split(" on ")[0] for f in significant_differences(stats["tests"])]
+    assert len(subjects) >= 6  # full vs lora and full vs qlora, three kinds of test
+    assert not any(re.search(r"\bLoRA\b", s) and re.search(r"\bQLoRA\b", s) for s in subjects)
+    rows = [r for g in stats["tests"]["groups"] for m in g["metrics"].values() if m["kind"] == "concentration"
+            for r in m["pairwise"] if not r["significant"]]
+    summary = next(f.text for f in d.context if f.kind == "summary" and "concentration" in f.text)
+    assert f"({len(rows)} comparisons" in summary
+    assert f"smallest Holm-adjusted {fmt_p(min(r['p_holm'] for r in rows))}" in summary
 
-    quality = " ".join(f.text for f in quality_findings(stats["tests"], stats["runs"]))
-    assert "rule_exec_accuracy" in quality and "The best run on rule_exec_accuracy" in quality
+    best = next(f.text for f in d.headline if f.kind == "best")
+    top = max((r for r in stats["runs"]["runs"] if r["name"] in stats["runs"]["primary"] and r["aggregate"]),
+              key=lambda r: r["aggregate"]["rule_exec_accuracy"])
+    assert best.startswith(f"The best run on rule_exec_accuracy is {top['name']} at "
+                           f"{top['aggregate']['rule_exec_accuracy']:.2f} (interval ")
+    assert any(f.kind == "trend" and "rises with model size" in f.text for f in d.headline)
+    assert any(f.kind == "left_out" for f in d.context)  # this study has more than 12 things to say
 
-    every = findings(stats, ["chrf"])
-    assert any("failed" in f.text and "s__dora__instruct" in f.text for f in every)
-    assert any(f.topic == "scale" and "per decade of parameters" in f.text for f in every)
-    floor = stats["agreement"]["noise_floor"]["spearman"]["mean"]
-    assert any(f.topic == "agreement" and f"seed-to-seed floor of {floor:.2f}" in f.text for f in every)
+
+def test_findings_of_a_four_example_study_say_the_tests_cannot_reach_significance(tmp_path):
+    study = make_study(tmp_path, n_examples=4, models=("s",), failed=False)
+    stats = compare_study(study, FAST)
+    d = digest(stats, ["chrf"])
+    assert not any(f.kind == "difference" for f in d.bullets)
+    note = next(f.text for f in d.context if f.kind == "sample")
+    assert "4 paired examples" in note and "2/2^4 = 0.125" in note and "cannot reach significance" in note
 
 
 def test_report_is_one_self_contained_file(study, report):
@@ -77,6 +95,12 @@ def test_report_is_one_self_contained_file(study, report):
     assert {p.name for p in (study / "figures").glob("*.png")} == {
         "training_loss.png", "concentration.png", "category_shares.png", "scale.png", "agreement.png"}
     assert "RuntimeError: out of memory" in html  # the failed cell is listed
+    findings = html[html.index('<section id="findings">'):html.index('<section id="quality">')]
+    assert 3 <= findings.count("<li") <= ReportConfig().max_findings
+    assert "<h3>Headline results</h3>" in findings and findings.count("sig-true") >= 1
+    quality = html[html.index('<section id="quality">'):html.index('<section id="training">')]
+    assert "<h3>Similarity to the reference</h3>" in quality and "<h3>Rule level</h3>" in quality
+    assert 'class="scroll"' not in quality  # narrow enough to read without scrolling
     assert html.count('class="t"') >= 2 * 9  # token spans: 2 examples x 9 runs, at least one each
 
 

@@ -249,6 +249,9 @@ class ReportConfig(Section):
         description="metrics drawn as scale curves (those the study has)",
     )
     dpi: int = Field(110, ge=50, le=400, description="resolution of the PNG figures")
+    max_findings: int = Field(
+        12, ge=4, description="most bullets in the findings section; the rest stays in the tables"
+    )
 
 
 class TrackingConfig(Section):

@@ -36,6 +36,7 @@ from tunelens.errors import TunelensError
 
 MAX_BATCH = 256
 PASS_COST_TOKENS = {"cpu": 64, "cuda": 1024}
+HEAD_CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
 
 
 @dataclass
@@ -174,7 +175,8 @@ class Scorer:
         cache = 2 * layers * keys * kv_heads * head_dim * itemsize * 2  # copy made when extended
         acts = suffix * (6 * hidden + 3 * inter) * itemsize
         attn = heads * suffix * keys * 4
-        logits = (suffix if not self.head_only else n_target) * vocab * 4 * 3
+        # head-only scoring projects a bounded chunk at a time; the full model projects everything
+        logits = 0 if self.head_only else suffix * vocab * 4 * 3
         return cache + acts + attn + logits
 
     def _batch(self, rows: list[np.ndarray], prefix: int, target: np.ndarray, cache,
@@ -204,24 +206,42 @@ class Scorer:
                 for k, v in cache
             ])
         use_cache = keep_cache or past is not None
+        row_index = torch.arange(n_rows, device=self.device)[:, None]
+        target_t = torch.as_tensor(target, device=self.device).expand(n_rows, -1).reshape(-1, 1)
         if self.head_only:
             out = self.body(input_ids=ids_t, attention_mask=mask_t, past_key_values=past, use_cache=use_cache)
-            hidden = out.last_hidden_state
-            picked = hidden[torch.arange(n_rows, device=self.device)[:, None], gather]
-            logits = self._postprocess(self.head(picked))
+            picked = out.last_hidden_state[row_index, gather].reshape(n_rows * n_target, -1)
+            picked_lp = self._head_logprobs(picked, target_t).view(n_rows, n_target)
         else:
             out = self.model(input_ids=ids_t, attention_mask=mask_t, past_key_values=past,
                              use_cache=use_cache)
-            logits = out.logits[torch.arange(n_rows, device=self.device)[:, None], gather]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        target_t = torch.as_tensor(target, device=self.device)
-        picked_lp = logprobs.gather(-1, target_t.expand(n_rows, -1).unsqueeze(-1)).squeeze(-1)
+            logits = out.logits[row_index, gather].reshape(n_rows * n_target, -1)
+            picked_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_t).view(n_rows, n_target)
         self.forward_passes += 1
         self.scored += n_rows
         kept = None
         if keep_cache:
             kept = _plain_layers(out.past_key_values)
         return picked_lp.double().cpu().numpy(), kept
+
+    def _head_logprobs(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log p(target) from hidden states [positions, hidden], the head applied in chunks.
+
+        On CPU each chunk's logits (``HEAD_CHUNK_BYTES``) are normalised while they are still in
+        the cache: with a large vocabulary, projecting all positions at once and then reading the
+        logits back for the log-softmax is memory-bound (up to 2x slower with a 16k vocabulary,
+        see benchmarks/attribution_speed.py). It also keeps the logits' memory independent of the
+        batch size.
+        """
+        out = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+        vocab = getattr(self.config, "vocab_size", None) or 32000
+        chunk_bytes = HEAD_CHUNK_BYTES.get(self.device.type, HEAD_CHUNK_BYTES["cuda"])
+        step = max(1, chunk_bytes // (4 * vocab))
+        for start in range(0, len(hidden), step):
+            chunk = slice(start, start + step)
+            logits = self._postprocess(self.head(hidden[chunk])).float()
+            out[chunk] = torch.log_softmax(logits, dim=-1).gather(-1, target[chunk])[:, 0]
+        return out
 
     # -- checks --------------------------------------------------------------------------------
 

@@ -20,12 +20,18 @@ from tunelens.config import ComparisonConfig, ReportConfig, load_study
 from tunelens.errors import TunelensError
 from tunelens.io import write_text
 from tunelens.report import figures
-from tunelens.report.findings import by_topic, findings
+from tunelens.report.findings import digest
 from tunelens.report.html import data_uri, render
 from tunelens.report.token_spans import heatmaps, read_prompts
 
-QUALITY_KEYS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "ngram_jaccard", "semantic_similarity",
-                "exact_match", "rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy")
+# the quality tables, each narrow enough to read without scrolling; metrics no family names go last
+QUALITY_TABLES = (
+    ("Similarity to the reference", ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "ngram_jaccard",
+                                     "semantic_similarity", "exact_match")),
+    ("Rule level", ("rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy", "rule_exec_agreement")),
+    ("Judge and diversity", ("judge_accuracy", "judge_relevance", "distinct_1", "distinct_2", "self_bleu")),
+)
+LOWER_IS_BETTER = {"self_bleu", "ter"}
 FIGURE_FILES = {"training": "training_loss.png", "concentration": "concentration.png",
                 "categories": "category_shares.png", "scale": "scale.png", "agreement": "agreement.png"}
 INPUT_GLOBS = ("status.json", "models/*/run.json", "metrics/*.json", "attributions/*.parquet")
@@ -64,7 +70,7 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
         "study": str(study_dir),
         "written": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "n_runs": len(runs),
-        "findings": by_topic(findings(stats, cfg.scale_metrics)),
+        "findings": digest(stats, cfg.scale_metrics, cfg.max_findings),
         "figures": {k: data_uri(v) for k, v in paths.items()},
         "quality": _quality(runs),
         "training": _training(runs),
@@ -101,26 +107,40 @@ def _fresh_stats(study_dir: Path, comparison: ComparisonConfig | None) -> dict:
 
 
 def _quality(runs: list[dict]) -> dict:
+    """Quality tables by family of metric; a metric that is 0 for every run is named, not tabled."""
     rows = [r for r in runs if r["aggregate"]]
-    present = {k for r in rows for k in r["aggregate"]}
-    columns = [k for k in QUALITY_KEYS if k in present]
-    columns += sorted(present - set(QUALITY_KEYS))
-    out = []
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r["aggregate"].get(c)
-            digits = 1 if c in ("bleu", "chrf") else 3
-            if v is None:
-                cells.append("–")
-                continue
-            iv = r["intervals"].get(c)
-            text = f"{v:.{digits}f}"
-            if iv:
-                text += f" [{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]"
-            cells.append(text)
-        out.append({"name": r["name"], "cells": cells})
-    return {"columns": columns, "rows": out}
+    present = list(dict.fromkeys(k for r in rows for k in r["aggregate"]))
+    zero = [k for k in present if all(r["aggregate"].get(k) in (0, None) for r in rows)
+            and any(r["aggregate"].get(k) == 0 for r in rows)]
+    families = [(title, [k for k in keys if k in present]) for title, keys in QUALITY_TABLES]
+    named = {k for _, keys in QUALITY_TABLES for k in keys}
+    rest = [k for k in present if k not in named]
+    if rest:
+        families[-1] = (families[-1][0] if families[-1][1] else "Other metrics", families[-1][1] + rest)
+    tables = []
+    for title, keys in families:
+        columns = [k for k in keys if k not in zero]
+        if columns:
+            body = [{"name": r["name"], "cells": _quality_cells(r, columns, rows)} for r in rows]
+            tables.append({"title": title, "columns": columns, "rows": body})
+    return {"tables": tables, "zero": zero}
+
+
+def _quality_cells(run: dict, columns: list[str], rows: list[dict]) -> list[dict]:
+    cells = []
+    for c in columns:
+        v = run["aggregate"].get(c)
+        digits = 1 if c in ("bleu", "chrf") else 3
+        if v is None:
+            cells.append({"value": "–", "interval": "", "best": False})
+            continue
+        values = [r["aggregate"][c] for r in rows if r["aggregate"].get(c) is not None]
+        target = min(values) if c in LOWER_IS_BETTER else max(values)
+        iv = run["intervals"].get(c)
+        cells.append({"value": f"{v:.{digits}f}",
+                      "interval": f"{iv[0]:.{digits}f} – {iv[1]:.{digits}f}" if iv else "",
+                      "best": v == target and len(set(values)) > 1})
+    return cells
 
 
 def _training(runs: list[dict]) -> list[dict]:

@@ -1,216 +1,233 @@
-"""Plain sentences drawn from the statistics, each carrying the numbers it rests on.
+"""The findings section: the few results that matter first, the rest summarised, a cap on length.
 
-A finding states a difference only when its Holm-adjusted p is below alpha, and says "no
-significant difference" otherwise — with the same numbers, so a reader sees how close it was.
-Nothing here computes a statistic: every number comes from ``stats/*.json``.
+A reader of a study report wants the headline results up front — significant differences with
+their numbers, the best run and how sure that ranking is, what each strategy relies on, scale
+trends whose interval excludes zero, plateaus — and one sentence per kind for everything that
+found nothing, plus the limits of the study (samples too small to test, metrics that are 0 for
+every run). The section is capped (``ReportConfig.max_findings``): what does not fit is counted in
+a closing bullet and stays in the tables further down. Nothing here computes a statistic: every
+number comes from ``stats/*.json``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from tunelens.report.figures import human_count
+from tunelens.report.differences import (
+    QUALITY_PREFERENCE,
+    not_significant,
+    significant_differences,
+    too_small,
+)
+from tunelens.report.figures import human_count, strategy_key
+from tunelens.report.wording import Finding, capital, fmt, join, metric_label, pct, plural, strategy
 
-CONCENTRATION_WORDS = {"gini": ("Gini", True), "top_k_share": ("top-k share", True),
-                       "entropy": ("normalised entropy", False)}
-QUALITY_PREFERENCE = ("rule_exec_accuracy", "rule_field_accuracy", "chrf", "semantic_similarity",
-                      "bleu", "rougeL", "exact_match")
-PERCENT_METRICS = {"bleu", "chrf"}
-
-
-TOPICS = {"overview": "Overview", "failures": "Failures", "concentration": "Attribution concentration",
-          "quality": "Quality", "categories": "Token categories", "scale": "Scale",
-          "agreement": "Agreement"}
+PLATEAU_SUPPORT = 0.5  # a plateau found on fewer resamples than this is left to the scale table
+REQUIRED = ("failures", "best", "summary", "sample", "zero")  # never left out for the cap
+# what fills the rest of the cap, most wanted first; one of each kind before a second of any
+OPTIONAL = ("difference", "reliance", "trend", "plateau", "agreement", "other_trends")
+# the bullets after the headline: what found nothing, the study's limits, then the rest
+CONTEXT_ORDER = ("summary", "sample", "zero", "reliance", "agreement", "other_trends")
+LEFT_OUT_WORDS = {"difference": ("significant difference", "tests"), "trend": ("scale trend", "scale"),
+                  "plateau": ("plateau", "scale"), "reliance": ("category summary", "categories"),
+                  "agreement": ("agreement summary", "agreement"),
+                  "other_trends": ("note on scale slopes", "scale")}
 
 
 @dataclass
-class Finding:
-    topic: str  # concentration | quality | categories | scale | agreement | failures | overview
-    text: str
-    significant: bool | None = None
+class Digest:
+    """The findings section: a lead paragraph, headline bullets, then context bullets."""
+
+    lead: str
+    headline: list[Finding] = field(default_factory=list)
+    context: list[Finding] = field(default_factory=list)
+
+    @property
+    def bullets(self) -> list[Finding]:
+        return self.headline + self.context
 
 
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "p n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+def zero_metrics(runs: dict) -> list[str]:
+    """Quality metrics that are 0 for every run that has them: there is nothing to compare."""
+    rows = [r["aggregate"] for r in _primary(runs) if r["aggregate"]]
+    names = sorted({k for a in rows for k in a})
+    return [k for k in names if all(a.get(k) in (0, None) for a in rows) and any(a.get(k) == 0 for a in rows)]
 
 
-def fmt(x: float | None, metric: str = "") -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.1f}" if metric in PERCENT_METRICS else f"{x:.2f}"
+def main_metric(runs: dict, zero: list[str]) -> str | None:
+    """The quality metric the headline ranks runs by: the most telling one that is not all 0."""
+    present = {k for r in _primary(runs) for k in (r["aggregate"] or {})}
+    for metric in [*QUALITY_PREFERENCE, *sorted(present)]:
+        if metric in present and metric not in zero:
+            return metric
+    return None
 
 
-def _where(g: dict) -> str:
-    return f"{g['model']} ({g['objective']}{', with retrieval' if g['rag'] else ''})"
-
-
-def _friedman(g: dict, metric: str, m: dict, alpha: float, label: str) -> Finding | None:
-    f = m.get("friedman")
-    if not f:
+def best_run(runs: dict, metric: str, zero: list[str]) -> Finding | None:
+    rows = sorted((r for r in _primary(runs) if (r["aggregate"] or {}).get(metric) is not None),
+                  key=lambda r: -r["aggregate"][metric])
+    if not rows:
         return None
-    names = ", ".join(m["labels"][:-1]) + f" and {m['labels'][-1]}"
-    verb = "differs" if f["p"] < alpha else "shows no significant difference"
-    return Finding("concentration" if metric in CONCENTRATION_WORDS else "quality",
-                   f"On {_where(g)}, {label} {verb} across {names} (Friedman χ² = {f['statistic']:.2f}, "
-                   f"{fmt_p(f['p'])}, Kendall's W = {f['kendall_w']:.2f}, n = {f['n']} examples).",
-                   f["p"] < alpha)
-
-
-def _pair_tail(r: dict, n: int) -> str:
-    return (f"{fmt_p(r['p_holm'])} (Wilcoxon, Holm-adjusted; rank-biserial r = {r['rank_biserial']:+.2f}; "
-            f"permutation {fmt_p(r['permutation_p_holm'])}; n = {n} examples)")
-
-
-def concentration_findings(tests: dict) -> list[Finding]:
-    alpha, out = tests["alpha"], []
-    for g in tests["groups"]:
-        m = g["metrics"].get("gini")
-        if not m:
-            continue
-        if (f := _friedman(g, "gini", m, alpha, "attribution concentration (Gini)")) is not None:
-            out.append(f)
-        for r in m["pairwise"]:
-            nums = f"Gini {fmt(r['mean_a'])} vs {fmt(r['mean_b'])}"
-            if r["significant"]:
-                more, less = (r["a"], r["b"]) if r["mean_diff"] > 0 else (r["b"], r["a"])
-                if more != r["a"]:
-                    nums = f"Gini {fmt(r['mean_b'])} vs {fmt(r['mean_a'])}"
-                text = (f"On {_where(g)}, {more} attributions are more concentrated than {less}: "
-                        f"{nums}, {_pair_tail(r, m['n'])}.")
-            else:
-                text = (f"On {_where(g)}, no significant difference in attribution concentration between "
-                        f"{r['a']} and {r['b']}: {nums}, {_pair_tail(r, m['n'])}.")
-            out.append(Finding("concentration", text, r["significant"]))
-    return out
-
-
-def quality_findings(tests: dict, runs: dict) -> list[Finding]:
-    alpha, out = tests["alpha"], []
-    for g in tests["groups"]:
-        metric = next((q for q in QUALITY_PREFERENCE if q in g["metrics"]), None)
-        if metric is None:
-            continue
-        m = g["metrics"][metric]
-        if (f := _friedman(g, metric, m, alpha, metric)) is not None:
-            out.append(f)
-        for r in m["pairwise"]:
-            nums = f"{fmt(r['mean_a'], metric)} vs {fmt(r['mean_b'], metric)}"
-            if r["significant"]:
-                better, worse = (r["a"], r["b"]) if r["mean_diff"] > 0 else (r["b"], r["a"])
-                if better != r["a"]:
-                    nums = f"{fmt(r['mean_b'], metric)} vs {fmt(r['mean_a'], metric)}"
-                text = f"On {_where(g)}, {better} scores higher than {worse} on {metric}: {nums}, "
-            else:
-                text = (f"On {_where(g)}, no significant difference in {metric} between {r['a']} and "
-                        f"{r['b']}: {nums}, ")
-            out.append(Finding("quality", text + _pair_tail(r, m["n"]) + ".", r["significant"]))
-    best = _best_run(runs, QUALITY_PREFERENCE)
-    if best:
-        out.insert(0, Finding("quality", best))
-    return out
-
-
-def _best_run(runs: dict, preference) -> str | None:
-    rows = [r for r in runs["runs"] if r["aggregate"]]
-    metric = next((q for q in preference if any(q in r["aggregate"] for r in rows)), None)
-    if metric is None:
-        return None
-    scored = sorted((r for r in rows if metric in r["aggregate"]), key=lambda r: -r["aggregate"][metric])
-    top = scored[0]
+    top = rows[0]
+    skipped = [q for q in QUALITY_PREFERENCE[:QUALITY_PREFERENCE.index(metric)] if q in zero] \
+        if metric in QUALITY_PREFERENCE else []
+    why = ""
+    if skipped:
+        why = f", the main quality metric here ({join(skipped)} {'is' if len(skipped) == 1 else 'are'} 0 " \
+              "for every run)"
     iv = top["intervals"].get(metric)
-    ci = f" (interval {fmt(iv[0], metric)} to {fmt(iv[1], metric)})" if iv else ""
-    tail = ""
-    if len(scored) > 1:
-        low = scored[-1]
-        tail = f"; the lowest is {low['name']} at {fmt(low['aggregate'][metric], metric)}"
-    return (f"The best run on {metric} is {top['name']} at {fmt(top['aggregate'][metric], metric)}{ci}"
-            f"{tail}.")
+    why = why + "," if why else ""
+    text = f"The best run on {metric}{why} is {top['name']} at {fmt(top['aggregate'][metric], metric)}"
+    if iv:
+        text += f" (interval {fmt(iv[0], metric)} to {fmt(iv[1], metric)})"
+    if len(rows) > 1:
+        low = rows[-1]
+        text += f"; the lowest is {low['name']} at {fmt(low['aggregate'][metric], metric)}"
+    text += "."
+    others = [r["intervals"].get(metric) for r in rows[1:]]
+    others = [o for o in others if o]
+    if iv and others:
+        overlap = sum(1 for lo, hi in others if hi >= iv[0] and lo <= iv[1])
+        if overlap == len(others):
+            text += (f" Its interval overlaps those of all {plural(len(others), 'other run')}, so no run is "
+                     "clearly best.")
+        elif overlap:
+            text += f" Its interval overlaps those of {overlap} of the other {plural(len(others), 'run')}."
+        else:
+            text += " Its interval overlaps no other run's."
+    return Finding("best", text)
 
 
-def category_findings(shares: dict, tests: dict) -> list[Finding]:
-    out = []
-    for strategy, row in shares["per_strategy"].items():
-        cat, share = max(row["shares"].items(), key=lambda kv: kv[1] or 0)
-        out.append(Finding("categories", f"{strategy} puts the largest share of its attribution on "
-                           f"{cat} tokens ({share:.0%}, mean over {len(row['runs'])} run(s))."))
-    for g in tests["groups"]:
-        sig = [(metric, r) for metric, m in g["metrics"].items() if m["kind"] == "category"
-               for r in m["pairwise"] if r["significant"]]
-        if not sig:
-            continue
-        metric, r = max(sig, key=lambda mr: abs(mr[1]["mean_diff"]))
-        cat = metric.removeprefix("share_")
-        more, less = (r["a"], r["b"]) if r["mean_diff"] > 0 else (r["b"], r["a"])
-        hi, lo = max(r["mean_a"], r["mean_b"]), min(r["mean_a"], r["mean_b"])
-        n = g["metrics"][metric]["n"]
-        out.append(Finding("categories", f"On {_where(g)}, the largest category difference: {more} puts more "
-                           f"attribution on {cat} tokens than {less}: {hi:.0%} vs {lo:.0%}, "
-                           f"{_pair_tail(r, n)}.", True))
-    return out
+def reliance(shares: dict) -> Finding | None:
+    """What each strategy puts most attribution on, OTHER aside (it is every token not in a rule)."""
+    per = shares.get("per_strategy") or {}
+    tops: dict[str, tuple[str, float]] = {}
+    for name, row in per.items():
+        named = {c: v for c, v in row["shares"].items() if c != "OTHER" and v is not None}
+        if named:
+            tops[name] = max(named.items(), key=lambda kv: kv[1])
+    if not tops:
+        return None
+    other = [row["shares"].get("OTHER") for row in per.values() if row["shares"].get("OTHER") is not None]
+    other_text = f"; OTHER tokens take {_span(other)}" if other else ""
+    cats = {c for c, _ in tops.values()}
+    if len(cats) == 1:
+        cat = cats.pop()
+        who = "Every strategy relies" if len(tops) > 1 else f"{capital(strategy(next(iter(tops))))} relies"
+        share = _span([v for _, v in tops.values()])
+        return Finding("reliance", f"{who} most on {cat} tokens among the rule categories ({share} of "
+                       f"attribution, mean over runs{other_text}).", headline=False)
+    parts = []
+    for cat in sorted(cats, key=lambda c: min(strategy_key(s) for s, (k, _) in tops.items() if k == c)):
+        names = [s for s, (k, _) in tops.items() if k == cat]
+        values = ", ".join(pct(tops[s][1]) for s in names)
+        parts.append(f"{join([strategy(s) for s in names])} on {cat} ({values})")
+    return Finding("reliance", f"The strategies rely most on different token categories (largest share of "
+                   f"attribution outside OTHER, mean over runs): {join(parts)}.")
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return pct(lo) if pct(lo) == pct(hi) else f"{pct(lo)} to {pct(hi)}"
 
 
 def scale_findings(scale: dict, metrics: list[str]) -> list[Finding]:
-    out = []
-    for c in scale["curves"]:
-        if c["metric"] not in metrics or not c["fit"]:
-            continue
-        fit, metric = c["fit"], c["metric"]
-        who = c["strategy"] + f" ({c['objective']}{', with retrieval' if c['rag'] else ''})"
-        ci = ""
-        if fit.get("slope_lo") is not None:
-            ci = f" ({scale['confidence']:.0%} CI {fit['slope_lo']:+.3f} to {fit['slope_hi']:+.3f})"
-        sizes = [p["params"] for p in c["points"]]
-        text = (f"For {who}, {metric} changes by {fit['slope']:+.3f} per decade of parameters{ci} "
-                f"across {len(sizes)} sizes ({human_count(min(sizes))} to {human_count(max(sizes))})")
-        plateau = c["plateau"]
-        if plateau["size"] is not None:
-            support = ("" if plateau["support"] is None
-                       else f", found in {plateau['support']:.0%} of resamples")
-            text += (f"; it plateaus from {human_count(plateau['size'])} parameters (gain below "
-                     f"{scale['threshold_per_decade']} per decade{support}).")
+    """Slopes whose interval excludes zero, plateaus with enough support, one line for the rest."""
+    curves = [c for c in scale["curves"] if c["metric"] in metrics and c["fit"]]
+    varies = len({(c["objective"], c["rag"]) for c in curves}) > 1
+    trends: dict[tuple, list[dict]] = {}
+    flat: dict[str, list[dict]] = {}
+    unclear = []
+    for c in curves:
+        lo, hi = c["fit"].get("slope_lo"), c["fit"].get("slope_hi")
+        if lo is not None and hi is not None and (lo > 0 or hi < 0):
+            trends.setdefault((c["metric"], lo > 0), []).append(c)
         else:
-            text += f"; no plateau up to {human_count(max(sizes))} parameters."
-        out.append(Finding("scale", text))
+            unclear.append(c)
+        p = c["plateau"]
+        if p["size"] is not None and (p["support"] is None or p["support"] >= PLATEAU_SUPPORT):
+            flat.setdefault(c["metric"], []).append(c)
+    out = []
+    for (metric, up), cs in trends.items():
+        parts = []
+        for i, c in enumerate(cs):
+            fit = c["fit"]
+            slope, lo, hi = (_slope(fit[k], fit["slope"]) for k in ("slope", "slope_lo", "slope_hi"))
+            unit, level = (" per decade of parameters", f"{scale['confidence']:.0%} ") if i == 0 else ("", "")
+            parts.append(f"{_who(c, varies)} ({slope}{unit}, {level}CI {lo} to {hi})")
+        sizes = [p["params"] for c in cs for p in c["points"]]
+        out.append(Finding("trend", f"{metric_label(metric)} {'rises' if up else 'falls'} with model size "
+                           f"for {join(parts)}, across {human_count(min(sizes))} to "
+                           f"{human_count(max(sizes))} parameters."))
+    for metric, cs in flat.items():
+        parts = []
+        for c in cs:
+            p = c["plateau"]
+            support = "" if p["support"] is None else f" (in {p['support']:.0%} of resamples)"
+            parts.append(f"for {_who(c, varies)} from {human_count(p['size'])} parameters{support}")
+        verb = "stops gaining (less than" if cs[0].get("direction", "higher") == "higher" else \
+            "stops changing (by less than"
+        out.append(Finding("plateau", f"{metric_label(metric)} {verb} {scale['threshold_per_decade']} per "
+                           f"decade of parameters) {join(parts)}."))
+    if unclear and (trends or flat):
+        names = [f"{metric_label(c['metric'])} for {_who(c, varies)}" for c in unclear]
+        out.append(Finding("other_trends", f"The other scale slopes ({join(names)}) have intervals that "
+                           "include zero.", headline=False))
     return out
 
 
-def agreement_findings(agreement: dict, runs: dict) -> list[Finding]:
+def _slope(x: float, scale: float) -> str:
+    """A slope or its bound with as many decimals as three significant digits of the slope need."""
+    digits = 2 if scale == 0 else max(0, 2 - math.floor(math.log10(abs(scale))))
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def _who(c: dict, varies: bool) -> str:
+    who = strategy(c["strategy"])
+    if varies:
+        who += f" ({c['objective']}{', with retrieval' if c['rag'] else ''})"
+    return who
+
+
+def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
+    """One sentence on how far strategies of the same model agree, against the seed-to-seed floor."""
     info = {r["name"]: r for r in runs["runs"]}
-    floor = agreement.get("noise_floor")
-    floor_rho = floor["spearman"]["mean"] if floor else None
-    out = []
+    pairs = []
     for p in agreement["pairs"]:
-        a, b = info.get(p["a"], {}), info.get(p["b"], {})
-        same_group = (a.get("model"), a.get("objective"), a.get("rag")) == (
-            b.get("model"), b.get("objective"), b.get("rag"))
-        rho = p["spearman"]
-        if not same_group or rho["mean"] is None:
+        a, b = info.get(p["a"]), info.get(p["b"])
+        if not a or not b or p["spearman"]["mean"] is None or a["strategy"] == b["strategy"]:
             continue
-        size = abs(rho["mean"])
-        strength = "strongly" if size >= 0.6 else "moderately" if size >= 0.3 else "weakly"
-        ci = f" [{rho['lo']:.2f}, {rho['hi']:.2f}]" if rho["lo"] is not None else ""
-        jsd = p["js_divergence"]["mean"]
-        text = (f"On {a['model']}, attributions of {a['strategy']} and {b['strategy']} agree {strength}: "
-                f"mean Spearman {rho['mean']:.2f}{ci}, top-{agreement['top_k']} overlap "
-                f"{fmt(p['top_k_overlap']['mean'])}, JS divergence {fmt(jsd)} over {p['n_examples']} "
-                "examples")
-        if floor_rho is not None:
-            lo = rho["lo"] if rho["lo"] is not None else rho["mean"]
-            hi = rho["hi"] if rho["hi"] is not None else rho["mean"]
-            if hi < floor_rho:
-                text += (f", below the seed-to-seed floor of {floor_rho:.2f}: the strategies disagree more "
-                         "than reseeding one run does.")
-            elif lo > floor_rho:
-                text += f", above the seed-to-seed floor of {floor_rho:.2f}."
-            else:
-                text += (f", within the seed-to-seed floor of {floor_rho:.2f}: no more disagreement than "
-                         "reseeding gives.")
-        else:
-            text += " (no repeated seeds, so no noise floor to compare with)."
-        out.append(Finding("agreement", text))
-    return out
+        if (a["model"], a["objective"], a["rag"]) == (b["model"], b["objective"], b["rag"]):
+            pairs.append((a, b, p))
+    if not pairs:
+        return None
+    means = [p["spearman"]["mean"] for _, _, p in pairs]
+    words = [("strongly" if abs(x) >= 0.6 else "moderately" if abs(x) >= 0.3 else "weakly")
+             for x in (min(means), max(means))]
+    strength = words[0] if words[0] == words[1] else f"{words[0]} to {words[1]}"
+    a, b, low = min(pairs, key=lambda t: t[2]["spearman"]["mean"])
+    rho = low["spearman"]
+    ci = f" [{rho['lo']:.2f}, {rho['hi']:.2f}]" if rho["lo"] is not None else ""
+    span = f"{min(means):.2f}" if len(pairs) == 1 else f"{min(means):.2f} to {max(means):.2f}"
+    text = (f"Attributions of different strategies on the same model agree {strength}: mean Spearman {span} "
+            f"over {plural(len(pairs), 'pair')} (lowest: {strategy(a['strategy'])} vs "
+            f"{strategy(b['strategy'])} on {a['model']}, {rho['mean']:.2f}{ci})")
+    floor = agreement.get("noise_floor")
+    if not floor:
+        return Finding("agreement", text + "; no repeated seeds, so no noise floor to compare with.",
+                       headline=False)
+    f_rho = floor["spearman"]["mean"]
+    below = [(x, y) for x, y, p in pairs
+             if (p["spearman"]["hi"] if p["spearman"]["hi"] is not None else p["spearman"]["mean"]) < f_rho]
+    if not below:
+        return Finding("agreement", text + f"; none falls below the seed-to-seed floor of {f_rho:.2f}.",
+                       headline=False)
+    named = join([f"{strategy(x['strategy'])} vs {strategy(y['strategy'])} on {x['model']}"
+                  for x, y in below[:4]])
+    more = f" and {len(below) - 4} more" if len(below) > 4 else ""
+    return Finding("agreement", text + f"; {len(below)} of them ({named}{more}) fall below the seed-to-seed "
+                   f"floor of {f_rho:.2f}: those strategies disagree more than reseeding one run does.")
 
 
 def failure_findings(runs: dict) -> list[Finding]:
@@ -218,32 +235,98 @@ def failure_findings(runs: dict) -> list[Finding]:
     if not failed:
         return []
     listed = "; ".join(f"{f['run']} ({f['status']}{': ' + f['error'] if f['error'] else ''})" for f in failed)
-    return [Finding("failures", f"{len(failed)} of {len(runs['runs'])} runs did not finish: {listed}.")]
+    pronoun = "it is" if len(failed) == 1 else "they are"
+    return [Finding("failures", f"{plural(len(failed), 'run')} did not finish, so {pronoun} missing from "
+                    f"every comparison: {listed}.")]
 
 
-def findings(stats: dict, scale_metrics: list[str]) -> list[Finding]:
-    """Every finding of a study, in reading order."""
+def zero_finding(zero: list[str]) -> Finding | None:
+    if not zero:
+        return None
+    verb = "is" if len(zero) == 1 else "are"
+    return Finding("zero", f"{join(zero)} {verb} 0 for every run, so nothing is concluded from "
+                   f"{'it' if len(zero) == 1 else 'them'}.", headline=False)
+
+
+def overview(stats: dict) -> str:
     runs = stats["runs"]
-    primary = [r for r in runs["runs"] if r["name"] in set(runs["primary"])
-               and (r["has_metrics"] or r["has_attributions"])]
-    models = sorted({r["model"] for r in primary})
-    strategies = sorted({r["strategy"] for r in primary})
-    overview = Finding("overview", f"{len(primary)} runs over {len(models)} model(s) "
-                       f"({', '.join(models)}) and {len(strategies)} strategies ({', '.join(strategies)}); "
-                       f"{runs['n_attributed']} with attributions; significance level "
-                       f"{stats['tests']['alpha']} after Holm correction.")
-    chosen = [m for m in scale_metrics if any(c["metric"] == m for c in stats["scale"]["curves"])]
-    return [overview, *failure_findings(runs), *concentration_findings(stats["tests"]),
-            *quality_findings(stats["tests"], runs),
-            *category_findings(stats["category_shares"], stats["tests"]),
-            *scale_findings(stats["scale"], chosen), *agreement_findings(stats["agreement"], runs)]
+    primary = [r for r in _primary(runs) if r["has_metrics"] or r["has_attributions"]]
+    models = sorted({r["model"] for r in primary}, key=lambda m: (runs["sizes"].get(m) or 0, m))
+    strategies = sorted({r["strategy"] for r in primary}, key=strategy_key)
+    return (f"{len(primary)} runs over {plural(len(models), 'model')} ({', '.join(models)}) and "
+            f"{plural(len(strategies), 'strategy', 'strategies')} ({', '.join(strategies)}); "
+            f"{runs['n_attributed']} with attributions; significance level {stats['tests']['alpha']} after "
+            "Holm correction.")
 
 
-def by_topic(items: list[Finding]) -> list[tuple[str, list[Finding]]]:
-    """Findings grouped under a heading per topic, topics in reading order."""
-    out = []
-    for topic, heading in TOPICS.items():
-        chosen = [f for f in items if f.topic == topic]
-        if chosen:
-            out.append((heading, chosen))
+def digest(stats: dict, scale_metrics: list[str], cap: int = 12) -> Digest:
+    """The findings section of a study: headline first, at most ``cap`` bullets.
+
+    Failures, the best run, the one-sentence summaries and the caveats are always kept (so a cap
+    smaller than those is exceeded); significant differences, scale trends and the rest fill
+    what is left, one of each kind before a second of any, and a last bullet counts what was
+    left out.
+    """
+    runs, tests = stats["runs"], stats["tests"]
+    zero = zero_metrics(runs)
+    skip = set(zero)
+    main = main_metric(runs, zero)
+    chosen = list(dict.fromkeys([m for m in [*scale_metrics, main] if m and m not in skip]))
+    candidates = [*failure_findings(runs), *significant_differences(tests, skip),
+                  best_run(runs, main, zero) if main else None, reliance(stats["category_shares"]),
+                  *scale_findings(stats["scale"], chosen), agreement_finding(stats["agreement"], runs),
+                  *not_significant(tests, skip), *too_small(tests, skip), zero_finding(zero)]
+    candidates = [f for f in candidates if f is not None]
+    required = [f for f in candidates if f.kind in REQUIRED]
+    optional = [f for f in candidates if f.kind in OPTIONAL]
+    budget = cap - len(required)
+    if len(optional) > budget:
+        budget -= 1  # room for the bullet that says what was left out
+    # headline results before context; within each, one of every kind before a second of any,
+    # and differences taken in turn from each kind of test so quality is not crowded out
+    optional = _in_turn(optional)
+    optional.sort(key=lambda f: not f.headline)
+    keep: list[Finding] = []
+    for headline in (True, False):
+        for kind in OPTIONAL:
+            first = next((f for f in optional if f.kind == kind and f.headline == headline), None)
+            if first is not None and len(keep) < budget:
+                keep.append(first)
+        for f in optional:
+            if f.headline == headline and f not in keep and len(keep) < budget:
+                keep.append(f)
+    chosen_ids = {id(f) for f in required + keep}
+    shown = [f for f in candidates if id(f) in chosen_ids]  # reading order, not selection order
+    context = sorted((f for f in shown if not f.headline), key=lambda f: CONTEXT_ORDER.index(f.kind))
+    out = Digest(overview(stats), [f for f in shown if f.headline], context)
+    dropped = [f for f in optional if id(f) not in chosen_ids]
+    if dropped:
+        out.context.append(Finding("left_out", _left_out(dropped), headline=False))
     return out
+
+
+def _in_turn(items: list[Finding]) -> list[Finding]:
+    """Differences reordered strongest-of-each-topic first; everything else keeps its place."""
+    buckets: dict[str, list[Finding]] = {}
+    for f in items:
+        if f.kind == "difference":
+            buckets.setdefault(f.topic, []).append(f)
+    turns = [f for i in range(max((len(b) for b in buckets.values()), default=0))
+             for b in buckets.values() if i < len(b) for f in [b[i]]]
+    it = iter(turns)
+    return [next(it) if f.kind == "difference" else f for f in items]
+
+
+def _left_out(dropped: list[Finding]) -> str:
+    counts: dict[str, int] = {}
+    for f in dropped:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    words = [plural(n, LEFT_OUT_WORDS[k][0]) for k, n in counts.items()]
+    tables = list(dict.fromkeys(LEFT_OUT_WORDS[k][1] for k in counts))
+    return (f"To keep this list short, {join(words)} {'is' if len(dropped) == 1 else 'are'} not listed here; "
+            f"see the {join(tables)} {'section' if len(tables) == 1 else 'sections'} below.")
+
+
+def _primary(runs: dict) -> list[dict]:
+    names = set(runs["primary"])
+    return [r for r in runs["runs"] if r["name"] in names]
