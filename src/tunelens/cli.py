@@ -25,11 +25,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: paragraphs re-flowed, <angle> and [brackets] kept
 )
-data_app = typer.Typer(help="Build, prepare and validate datasets.", no_args_is_help=True)
-zoo_app = typer.Typer(help="Build the ladder of small base models.", no_args_is_help=True)
+data_app = typer.Typer(help="Build, prepare and validate datasets.", no_args_is_help=True,
+                       rich_markup_mode=None)
+zoo_app = typer.Typer(help="Build the ladder of small base models.", no_args_is_help=True,
+                      rich_markup_mode=None)
 rag_app = typer.Typer(help="Retrieval indexes for retrieval-augmented generation.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(rag_app, name="rag")
