@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# Micro models gain nothing from a second thread, and OpenMP spin-waits make a busy 2-core
+# machine 10x slower with two: the suite runs torch on one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -49,10 +49,10 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     stamp = _fingerprint(model, data, config)
     done = _resume(sidecar, stamp)
 
-    from tunelens.models.loading import load_for_inference
+    from tunelens.models.loading import load_for_inference, place_on_device
 
     llm, tokenizer = load_for_inference(str(model))
-    llm = _place(llm)
+    llm = place_on_device(llm)
     todo = [ex for ex in examples if ex["example_id"] not in done]
     start = time.perf_counter()
     passes = perturbations = 0
@@ -226,15 +226,3 @@ class _append:
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
-
-
-def _place(model):
-    """Use the GPU when there is one, unless the model is quantized or already dispatched."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
-        return model
-    return model.to("cuda")

@@ -71,10 +71,10 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
         if rag_k < 1:
             raise TunelensError(f"rag k must be at least 1, got {rag_k}")
 
-    from tunelens.models.loading import load_for_inference
+    from tunelens.models.loading import load_for_inference, place_on_device
 
     llm, tokenizer = load_for_inference(str(model))
-    llm = _place(llm)
+    llm = place_on_device(llm)
 
     retrieved: list[list[dict]] = [[] for _ in rows]
     if retriever is not None:
@@ -116,18 +116,6 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
         "rag_k": rag_k if retriever is not None else None,
     }
-
-
-def _place(model):
-    """Use the GPU when there is one, unless the model is quantized or already dispatched."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
-        return model
-    return model.to("cuda")
 
 
 def _progress(enabled: bool) -> Progress:

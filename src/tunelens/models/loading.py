@@ -239,3 +239,15 @@ def _cannot_load(path_or_id: str, what: str, exc: Exception) -> str:
     if Path(path_or_id).expanduser().is_dir():
         return f"{path_or_id}: cannot load the {what} from this folder ({first})"
     return f"{path_or_id}: no such local folder, and the hub has no such model ({first})"
+
+
+def place_on_device(model):
+    """Use the GPU when there is one, unless the model is quantized or already dispatched."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "hf_device_map", None):
+        return model
+    return model.to("cuda")
