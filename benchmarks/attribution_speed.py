@@ -73,17 +73,36 @@ from rich.table import Table  # noqa: E402
 
 from tunelens.explain import attribute  # noqa: E402
 
+TOKENIZER_VOCAB = 2048
 
-def build_model():
+
+SHAPES = {
+    # name: (hidden, layers, heads, model vocabulary rows)
+    "ladder": (256, 4, 4, TOKENIZER_VOCAB),
+    "hub-like": (128, 4, 4, 16384),
+}
+
+
+def build_model(shape: str = "ladder"):
+    """The shape's fresh Llama and the BPE tokenizer trained on the bundled rows (see the docstring).
+
+    The bundled corpus (131k characters) supports only ~3.3k BPE tokens, so the hub-like shape's
+    16,384 vocabulary rows are the tokenizer's 2,048 plus rows it never emits -- as in Pythia's
+    and Qwen's padded vocabularies, only larger. The cost is the same: every row is projected and
+    normalised over at every scored position; and both shapes see the very same token ids.
+    """
     from tunelens.data.compliance.dataset import bundled_rows
     from tunelens.data.templates import render_plain
     from tunelens.models.zoo import new_llama, train_tokenizer
 
     rows = bundled_rows(seed=0)
     texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows] + [render_plain("")] * 50
-    tok = train_tokenizer(texts, vocab_size=2048)
-    model = new_llama(tok, hidden_size=256, num_layers=4, num_heads=4, seed=0).eval()
-    return model, tok, rows
+    tok = train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)
+    hidden, layers, heads, vocab = SHAPES[shape]
+    model = new_llama(tok, hidden_size=hidden, num_layers=layers, num_heads=heads, seed=0)
+    if vocab > len(tok):
+        model.resize_token_embeddings(vocab, mean_resizing=False)  # seeded by new_llama
+    return model.eval(), tok, rows
 
 
 def pick_examples(rows, tok, n=8, prompt_tokens=60, target_tokens=30):
@@ -193,19 +212,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="only tunelens and Captum by-seq (the slow rows take minutes)")
     parser.add_argument("--profile", action="store_true", help="profile the tunelens run")
+    parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both",
+                        help="model shape: 'ladder' (hidden 256, vocab 2048), 'hub-like' (hidden 128, "
+                        "vocab 16384: the proportions of small hub models) or both, one table each")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console()
 
-    model, tok, rows = build_model()
+    shapes = list(SHAPES) if args.shape == "both" else [args.shape]
+    for shape in shapes:
+        bench_shape(shape, args, console)
+
+
+def bench_shape(shape: str, args, console: Console) -> None:
+    model, tok, rows = build_model(shape)
     prompts, targets = pick_examples(rows, tok)
     n_params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
     lp = [len(tok(p)["input_ids"]) for p in prompts]
     lt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    console.print(f"model: {n_params / 1e6:.1f}M parameters; {len(prompts)} prompts of "
-                  f"{min(lp)}-{max(lp)} tokens, targets of {min(lt)}-{max(lt)} tokens; "
-                  f"{torch.get_num_threads()} torch thread(s)")
+    hidden, layers, heads, vocab = SHAPES[shape]
+    console.print(f"[bold]{shape}[/]: hidden {hidden}, {layers} layers, vocab {vocab}; "
+                  f"{n_params / 1e6:.2f}M parameters ({2 * head / n_params:.0%} embeddings + head); "
+                  f"{len(prompts)} prompts of {min(lp)}-{max(lp)} tokens, targets of {min(lt)}-{max(lt)} "
+                  f"tokens; {torch.get_num_threads()} torch thread(s)")
     counter = BodyCounter(model)
 
     rows_out = []
@@ -232,7 +263,7 @@ def main() -> None:
     if not args.quick:
         inseq_row(model, tok, prompts, targets, ours, counter, rows_out)
 
-    table = Table(title="occlusion, UNK baseline: tunelens vs Captum vs Inseq")
+    table = Table(title=f"occlusion, UNK baseline, {shape} shape: tunelens vs Captum vs Inseq")
     for col in ("tool", "seconds", "forward passes", "tokens computed", "max |Δ| vs tunelens",
                 "tunelens speed-up"):
         table.add_column(col, justify="left" if col == "tool" else "right")

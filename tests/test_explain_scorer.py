@@ -10,6 +10,7 @@ import torch
 
 from tunelens.errors import TunelensError
 from tunelens.explain import attribute
+from tunelens.explain import scorer as scorer_module
 from tunelens.explain.features import build_features
 from tunelens.explain.scorer import Scorer
 
@@ -24,8 +25,12 @@ def _reference_logprobs(model, tok, ids, target):
     return torch.log_softmax(logits.float(), -1)[torch.arange(len(target)), list(target)].numpy()
 
 
-def test_scorer_matches_full_forward_for_each_variant(micro_model):
+@pytest.mark.parametrize("chunk_positions", [None, 3])
+def test_scorer_matches_full_forward_for_each_variant(micro_model, monkeypatch, chunk_positions):
     model, tok = micro_model
+    if chunk_positions:  # the head applied a few positions at a time, chunks crossing rows
+        chunk_bytes = chunk_positions * 4 * model.config.vocab_size
+        monkeypatch.setitem(scorer_module.HEAD_CHUNK_BYTES, "cpu", chunk_bytes)
     ids = np.array(tok(PROMPT)["input_ids"])
     target = np.array(tok(TARGET, add_special_tokens=False)["input_ids"])
     variants = [ids.copy() for _ in range(5)]
