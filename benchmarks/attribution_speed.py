@@ -1,14 +1,31 @@
 """Occlusion speed: tunelens against Captum (both forward modes) and Inseq, in one run.
 
-Same model, prompts, targets and baseline (UNK) for every tool. The model is a fresh ~5M-parameter
-Llama (``tunelens.models.zoo.new_llama``: hidden 256, 4 layers, vocab 2048) with a BPE tokenizer
-trained on the bundled code-compliance rows; the 8 examples are the bundled rows closest to a
-60-token clause with a 30-token rule. Rows of the table:
+Same model, prompts, targets and baseline (UNK) for every tool. The model is a fresh ~5.2M-parameter
+Llama (``tunelens.models.zoo.new_llama``) of one of two shapes (``--shape``; default: both, one
+table each), with a BPE tokenizer of 2,048 tokens trained on the bundled code-compliance rows; the
+8 examples are the bundled rows closest to a 60-token clause with a 30-token rule (54-66 and 27-34
+tokens), the same token ids for both shapes.
+
+- ``ladder``: hidden 256, 4 layers, 4 heads, vocab 2,048. 20% of the parameters are embeddings +
+  head, and the head is 11% of a token's multiply-adds (MACs): the proportions of a 0.1-1B model
+  (head share of a token's MACs: GPT-2 124M 31%, Qwen2.5-0.5B 28%, Llama-3.2-1B 21%), not of a
+  5M one.
+- ``hub-like``: hidden 128, 4 layers, 4 heads, vocab 16,384, untied head. 80% of the parameters
+  are embeddings + head, and the head is 67% of a token's MACs. Small hub models are that
+  vocabulary-heavy: Pythia-14M (vocab 50,304, hidden 128, 6 layers, untied) keeps 92% of its
+  parameters in embeddings + head, whose head is 84% of a token's MACs; Pythia-70M (hidden 512)
+  73% and 58%. hub-like sits between the two. The bundled corpus (131k characters) supports only
+  ~3.3k BPE tokens, so the model's 16,384 vocabulary rows are the tokenizer's 2,048 plus rows it
+  never emits (``resize_token_embeddings``), as in the padded vocabularies of Pythia (50,304 rows
+  for 50,277 tokens) or Qwen2.5 (151,936 for 151,665), only more. The cost is a real 16k
+  vocabulary's: every row is projected and normalised over at every scored position.
+
+Rows of each table:
 
 - ``tunelens``: :func:`tunelens.explain.attribute`, occlusion (batched, LM head only at target
   positions, prefix KV cache reused); ``tunelens, no prefix reuse`` is the same without the cache.
 - ``captum by-seq``: ``LLMAttribution(FeatureAblation)``, ``forward_in_tokens=False``: one forward
-  pass per perturbation with the target teacher-forced — Captum's fastest exact mode.
+  pass per perturbation with the target teacher-forced -- Captum's fastest exact mode.
 - ``captum by-token, cached``: Captum's default mode. Under transformers 5.x it is *wrong* (see
   tests/test_explain_captum.py: the whole sequence is fed again on top of the cache at every
   step), as the ``max |Δ|`` column shows; it is also the slowest.
@@ -23,38 +40,60 @@ trained on the bundled code-compliance rows; the 8 examples are the bundled rows
 ``tokens`` counts the token positions those calls computed. ``max |Δ|`` compares sequence scores
 (per-step values for Inseq) with tunelens'.
 
-Measured on the 2-core development VM (AMD EPYC, AVX but no AVX2, shared with other jobs; the
-load average was 2-4 throughout, so every number is noisy), 8 prompts of 54-66 tokens, targets of
-27-34 tokens, 5.2M parameters:
+Measured on the 2-core development VM (AMD EPYC, shared with other engineers' jobs: the load
+average was 1-4, so every number is noisy by +-20%, and two-thread runs are fragile -- when another
+process holds a core, torch's two threads wait on each other and a run can take up to 30x longer;
+compare the one-thread rows too). Best of 3-5, ``--quick``:
 
-    tool                          1 thread (best of 3)   2 threads (best of 5)   forward passes
-    tunelens                       4.23 s                  2.19 s                    52
-    tunelens, no prefix reuse      5.99 s  (1.42x)         2.87 s  (1.31x)           18
-    captum by-seq                  7.61 s  (1.80x)         5.14 s  (2.35x)          471
-    captum by-token, cached      245.4 s  (58x, wrong: max |Δ| 0.42)               14118
-    captum by-token, no cache    133.2 s  (31x)                                    14118
-    inseq occlusion              174.1 s  (41x)                                    17859
+    tool                 ladder, 2 threads  ladder, 1 thread  hub-like, 2 thr.  hub-like, 1 thr.  passes
+    tunelens             1.98 s             2.93 s            1.22 s            1.58 s                52
+    tunelens, no reuse   2.41 s (1.22x)     4.83 s (1.65x)    1.43 s (1.18x)    2.00 s (1.26x)        18
+    captum by-seq        4.24 s (2.14x)     4.77 s (1.63x)    2.55 s (2.09x)    3.47 s (2.20x)       471
 
-All exact rows agree with tunelens to 6e-5 (Inseq's |Δp| to 1e-9). The 3x target against
-Captum's fastest exact mode (by-seq) is NOT met on this machine: 1.8x with one thread, 2.35x with
-two. Why, from the profile of the tunelens run (``--profile``): matrix products (``aten::mm``)
-take 84% of the time, attention 6.5%, element-wise ops (RMSNorm, rotary, SiLU) ~5%, cache copies
-and log-softmax ~2% -- the run is the model's own arithmetic. This CPU does ~15-25 GMAC/s, so a
-5M-parameter forward over 90 tokens costs ~16 ms of arithmetic and only ~1 ms of overhead:
-cutting forward passes 9x (471 -> 52) buys little, and batching raises matmul efficiency only
-~1.25x on one core. What is left is arithmetic that exactness requires: occluding position p
-changes every later position, so positions p..end of the prompt and the whole target must be
-recomputed -- sum_p (L - p + T) tokens against Captum's sum_p (L + T), i.e. 1.38x fewer here
-(30.3k vs 42.0k token positions, including the unperturbed passes), plus the LM head on T instead
-of L + T positions (~10%). Where a forward pass is overhead-bound (a GPU with a small model) the
-9x fewer passes should dominate instead; that was not measured (no GPU in this session).
+Earlier full runs of the ladder shape (before the hub-like shape existed; 1 thread): Captum
+by-token cached 245 s (58x, wrong: max |Δ| 0.42), by-token no cache 133 s (31x), Inseq 174 s
+(41x), 14,118-17,859 forward passes. All exact rows agree with tunelens to 7e-5 (Inseq's |Δp| to
+1e-9).
 
-    python benchmarks/attribution_speed.py                  # table (a few minutes)
+The 3x target against Captum's fastest exact mode (by-seq) is NOT met, on either shape, and
+cannot be met on this machine by exact occlusion: the arithmetic forbids it. Per perturbation of
+an L-token prompt with a T-token target, Captum runs the body and the head on all L + T positions.
+Occluding position p changes every later position, so tunelens must recompute the body on
+L - p + T positions (the prefix [0, p) comes from the cache; L/2 + T on average) and the head on
+the T target positions. With B and H the MACs of body and head per position, the ratio
+(L + T)(B + H) / ((L/2 + T) B + T H) lies between 1.5 (B >> H) and (L + T)/T = 3 (H >> B) for
+L = 2T, and never reaches 3. Counted for these prompts: ladder 198 vs 135 GMAC = 1.47x, hub-like
+132 vs 61 GMAC = 2.15x (1.60x and 2.25x if batching lost no cached prefix: 27.8k instead of 30.3k
+token positions). On this CPU matrix products take 75-85% of both tools' time, so the time ratio
+follows the MAC ratio; what it gains beyond that is Captum's 471 passes (~1.5 ms of Python and
+small ops each) and its poorer use of the second core (products of 90 rows, batch 1). Where a
+pass is overhead-bound (a GPU with a small model) the 9x fewer passes should dominate instead;
+that was not measured here.
+
+What dominates tunelens' remaining time (``--profile``, 1 thread): ladder -- matrix products 84%
+(the body recomputed after the occluded token; the head is 5% of the MACs), attention 6.5%,
+element-wise ops ~5%; hub-like -- matrix products 75% (body 32 and head 30 GMAC), log-softmax over
+the 16k vocabulary at the target positions 10% (one exp per vocabulary row, target position and
+perturbation -- exactly as many as Captum's), attention 7%. Tried in the scorer (benchmark run,
+best of 3): applying the head and log-softmax in 4 MiB chunks of logits (kept: exact, 2x faster
+head + normalisation for 600 positions in isolation, neutral at the ~9-row batches the planner
+picks here, and logit memory no longer grows with the batch); bigger batches (a pass costed at
+16/64/256/1024 tokens in the planner: 64 is best or equal -- larger batches lose more cached
+prefix than they save in passes); eager instead of SDPA attention (no measurable difference; the
+model's setting is kept); cache-expansion copies (``aten::cat`` ~1%: not worth a custom cache).
+inference_mode, the head at target positions only, sorted batches and one unperturbed pass per
+prompt were already in place. Exact savings left, a few percent each: in the last layer, prompt
+positions that predict no target token need only keys and values (~10% of the ladder's body
+MACs, ~5% of hub-like's; needs an architecture-specific forward); packing two perturbations with
+complementary suffixes into one row would recover the ~8% of positions lost to batching.
+
+    python benchmarks/attribution_speed.py                  # both shapes, all rows (many minutes)
+    python benchmarks/attribution_speed.py --shape hub-like # one shape
     python benchmarks/attribution_speed.py --slow           # + Captum's exact token-by-token mode
     python benchmarks/attribution_speed.py --profile        # + where tunelens spends its time
     python benchmarks/attribution_speed.py --quick          # tunelens and Captum by-seq only
     python benchmarks/attribution_speed.py --threads 1      # arithmetic alone
-Target: >= 3x Captum's fastest exact mode.
+Target: >= 3x Captum's fastest exact mode (not met: see above).
 """
 
 from __future__ import annotations

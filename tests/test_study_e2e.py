@@ -107,5 +107,5 @@ def test_dry_run_prints_the_matrix_and_runs_nothing(tmp_path, capsys):
     assert main(["run", str(bundled_example("code-compliance.yaml")), "--dry-run",
                  "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
-    assert "d2__lora__instruct__rag" in out and "train steps" in out
+    assert "d3__lora__instruct__rag" in out and "train steps" in out
     assert not (tmp_path / "s").exists()
