@@ -111,7 +111,6 @@ def test_cli_validate(prepared, capsys):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    pytest.importorskip("tunelens.data.compliance.dataset")
     from tunelens.data.build import build_bundled
 
     out = tmp_path_factory.mktemp("bundled") / "data"

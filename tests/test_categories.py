@@ -178,9 +178,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, content, message):
 
 def test_bundled_clauses_have_their_rule_id_tagged():
     """The generator writes many id styles; the tagger must find the one the reference rule names."""
-    pytest.importorskip("tunelens.data.compliance.dataset")
     from tunelens.data.compliance.dataset import bundled_rows
-
     from tunelens.data.compliance.rules import parse_rule
 
     rows = [r for r in bundled_rows(seed=0) if r["source"] == "generated"]

@@ -13,14 +13,13 @@ token-by-token mode is exact, and matches ours.
 
 from __future__ import annotations
 
+import captum.attr as captum_attr  # noqa: E402  (a test dependency: never skipped)
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
 
 from tunelens.explain import attribute
-
-captum_attr = pytest.importorskip("captum.attr")
 
 PROMPT = "The clear width of a stair shall be not less than 900 mm."
 TARGET = "RULE 1011.5.2 stair.width >= 900 mm"

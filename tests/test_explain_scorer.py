@@ -75,7 +75,8 @@ def test_several_prompts_equal_one_at_a_time(micro_model):
 
 
 def test_peft_adapter_is_used_unmerged(micro_model):
-    peft = pytest.importorskip("peft")
+    import peft
+
     model, tok = micro_model
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     tuned = peft.get_peft_model(copy.deepcopy(model), config).eval()
@@ -89,7 +90,6 @@ def test_peft_adapter_is_used_unmerged(micro_model):
 
 
 def test_four_bit_model_runs_and_reuse_is_exact(micro_model_dir, micro_model):
-    pytest.importorskip("bitsandbytes")
     from tunelens.config import QuantConfig
     from tunelens.models.loading import load_model
 
