@@ -13,7 +13,7 @@ token-by-token mode is exact, and matches ours.
 
 from __future__ import annotations
 
-import captum.attr as captum_attr  # noqa: E402  (a test dependency: never skipped)
+import captum.attr as captum_attr
 import numpy as np
 import pytest
 import torch
