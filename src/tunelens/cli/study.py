@@ -143,6 +143,9 @@ def run_cmd(
                                  "the work, run nothing."),
     zoo: Path = typer.Option(None, "--zoo", help="Where zoo:<preset>/<name> models are built and "
                              "cached; default ~/.cache/tunelens/zoo."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch; default: "
+                                "torch's (one per core). 1 is often faster for small models on a "
+                                "busy machine."),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
     report. Stages whose outputs exist for the same inputs and settings are skipped, so an
@@ -150,7 +153,7 @@ def run_cmd(
     from tunelens.config import load_study
 
     study = load_study(_existing(study_file))
-    _run_study(study, out or Path("studies") / study.name, dry_run, zoo)
+    _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads)
 
 
 @app.command("demo")
@@ -164,16 +167,13 @@ def demo_cmd(
 ) -> None:
     """Run the bundled code-compliance study on this machine's CPU (builds the demo model
     ladder first if it is missing)."""
-    import torch
-
     from tunelens.config import load_study
     from tunelens.study import bundled_example
 
-    torch.set_num_threads(threads)
-    _run_study(load_study(bundled_example("code-compliance.yaml")), out, dry_run, zoo)
+    _run_study(load_study(bundled_example("code-compliance.yaml")), out, dry_run, zoo, threads)
 
 
-def _run_study(study, out: Path, dry_run: bool, zoo: Path | None) -> None:
+def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None) -> None:
     from rich.table import Table
 
     from tunelens.study import STAGES, StudyRunner, default_zoo_root, estimate, expand_matrix
@@ -189,6 +189,10 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None) -> None:
         est = estimate(study, cells)
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         return
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     with _StudyView(len(cells) * len(STAGES)) as view:
         runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), on_event=view.update)
         statuses = runner.run()
