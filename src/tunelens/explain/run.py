@@ -19,14 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from tunelens.config import ExplanationConfig
 from tunelens.errors import TunelensError
 from tunelens.explain.api import attribute
 from tunelens.explain.heatmap import write_heatmap
 from tunelens.io import atomic_path, read_jsonl
+from tunelens.progress import item_bar
 
 COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score", "method",
            "target_logprob")
@@ -56,7 +54,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     todo = [ex for ex in examples if ex["example_id"] not in done]
     start = time.perf_counter()
     passes = perturbations = 0
-    with _progress(progress) as bar, _append(sidecar, stamp, fresh=not done) as log:
+    with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log:
         task = bar.add_task(f"explaining ({Path(str(model)).name})", total=len(examples),
                             completed=len(examples) - len(todo))
         for ex in todo:
@@ -222,7 +220,3 @@ class _append:
         if text and not text.endswith("\n"):
             self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
 
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)

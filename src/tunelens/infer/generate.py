@@ -15,21 +15,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from tunelens.config import GenerationConfig, RagConfig
 from tunelens.data.templates import render_prompt
 from tunelens.errors import TunelensError
 from tunelens.infer.batching import generate_texts
 from tunelens.io import read_jsonl, write_jsonl
+from tunelens.progress import item_bar
 
 CARRIED = ("topic", "source")
 
@@ -86,7 +77,7 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
     ]
 
     start = time.perf_counter()
-    with _progress(progress) as bar:
+    with item_bar(progress) as bar:
         task = bar.add_task(f"generating ({Path(str(model)).name})", total=len(rows))
         generations = generate_texts(llm, tokenizer, prompts, config,
                                      on_batch=lambda n, _tokens: bar.advance(task, n))
@@ -117,10 +108,3 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
         "rag_k": rag_k if retriever is not None else None,
     }
 
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
-    )
