@@ -156,6 +156,7 @@ class StudyRunner:
         self.stamps = Stamps(self.out)
         self.timings: dict[str, float] = {}
         self._model_paths: dict[str, str] = {}
+        self.rag_stamp: str | None = None  # the index's stamp: RAG cells regenerate when it changes
 
     def model_path(self, spec: ModelSpec) -> str:
         """The base model's path, building zoo models once per study run (timed as 'zoo')."""
@@ -196,6 +197,7 @@ class StudyRunner:
         index_dir = self.out / "rag"
         corpus = Path(self.study.rag.corpus) if self.study.rag.corpus else data_dir / "train.jsonl"
         stamp = fingerprint("rag", self.study.rag.model_dump(), _file_hash(corpus))
+        self.rag_stamp = stamp
         if not self.stamps.done("rag", index_dir, stamp):
             from tunelens.infer.rag import build_index
 
@@ -215,7 +217,7 @@ class StudyRunner:
                                   s.train.model_dump(), data_stamp)
         pred = self.out / "predictions" / f"{cell.name}.jsonl"
         gen_stamp = fingerprint("generate", train_stamp, s.generation.model_dump(), cell.rag,
-                                s.rag.k if cell.rag else None)
+                                self.rag_stamp if cell.rag else None)
         metrics = self.out / "metrics" / f"{cell.name}.json"
         eval_stamp = fingerprint("evaluate", gen_stamp, s.evaluation.model_dump())
         attr = self.out / "attributions" / f"{cell.name}.parquet"
