@@ -7,9 +7,10 @@ import json
 import pytest
 
 from tunelens.cli import main
-from tunelens.config import dump_study, load_study, parse_study, run_name
+from tunelens.config import dump_study, load_study, parse_study
 from tunelens.errors import TunelensError
 from tunelens.io import atomic_path, read_jsonl, write_jsonl
+from tunelens.layout import RunIdentity
 
 
 def test_defaults_fill_every_section():
@@ -40,8 +41,9 @@ def test_load_study_reports_malformed_yaml(tmp_path):
 
 
 def test_run_name_contract():
-    assert run_name("s", "lora", "instruct") == "s__lora__instruct"
-    assert run_name("s", "qlora", "causal", rag=True) == "s__qlora__causal__rag"
+    assert RunIdentity("s", "lora", "instruct").name == "s__lora__instruct"
+    assert RunIdentity("s", "qlora", "causal", rag=True).name == "s__qlora__causal__rag"
+    assert RunIdentity("s", "qlora", "causal", rag=True, seed=2).train_name == "s__qlora__causal__seed2"
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

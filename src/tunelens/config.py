@@ -8,20 +8,21 @@ key path (``train.lora.rank``) and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelens.errors import TunelensError
+from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
+from tunelens.train.catalog import OBJECTIVES, STRATEGIES
 
-Strategy = Literal["full", "lora", "qlora", "dora", "freeze"]
-Objective = Literal["instruct", "causal"]
-Method = Literal[
-    "occlusion", "shapley", "lime", "kernel_shap", "saliency", "input_x_gradient", "integrated_gradients"
-]
-Granularity = Literal["token", "word", "span"]
-Baseline = Literal["unk", "pad", "mask", "delete", "sample"]
+# The allowed values come from the registries that implement them (one list each, see catalog.py).
+Strategy = Literal[tuple(STRATEGIES)]
+Objective = Literal[tuple(OBJECTIVES)]
+Method = Literal[tuple(METHODS)]
+Granularity = Literal[tuple(GRANULARITIES)]
+Baseline = Literal[tuple(BASELINES)]
 
 
 class Section(BaseModel):
@@ -304,18 +305,14 @@ class Study(Section):
         return self
 
 
-def run_name(model: str, strategy: str, objective: str, rag: bool = False) -> str:
-    """The run name contract of DESIGN.md: ``<model>__<strategy>__<objective>[__rag]``."""
-    return f"{model}__{strategy}__{objective}" + ("__rag" if rag else "")
-
-
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML; raise :class:`TunelensError` with the key path on error."""
     path = Path(path)
-    if not path.exists():
-        raise TunelensError(f"{path}: no such file")
+    from tunelens.io import read_text
+
+    text = read_text(path)  # one line naming the file (and line) if missing, a folder or not UTF-8
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -330,6 +327,31 @@ def parse_study(raw: dict, origin: str = "study") -> Study:
         return Study.model_validate(raw)
     except ValidationError as exc:
         raise TunelensError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def override(section: S, origin: str = "command line", **flags) -> S:
+    """``section`` with the flags that were given (not None) laid over it, validated again.
+
+    The one way CLI flags meet config: a verb reads its section from ``--config`` (or the
+    defaults) and calls ``override(section, max_new_tokens=..., seed=...)``; a bad value fails
+    with one line naming the flag's key.
+    """
+    updates = {k: v for k, v in flags.items() if v is not None}
+    if not updates:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **updates})
+    except ValidationError as exc:
+        raise TunelensError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def default_of(section: type[BaseModel], field: str) -> str:
+    """``(default: X)`` for a help text, read from the schema so help never restates a default."""
+    value = section.model_fields[field].get_default(call_default_factory=True)
+    return f"(default: {value})"
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -71,7 +71,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -87,7 +87,7 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[di
     path = Path(path)
     required = tuple(required)
     rows: list[dict] = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -105,7 +105,9 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[di
     return rows
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file, or one line naming it (and the line of the first bad byte)."""
+    path = Path(path)
     if not path.exists():
         raise TunelensError(f"{path}: no such file")
     if path.is_dir():
@@ -113,9 +115,10 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise TunelensError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"
-        ) from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise TunelensError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except PermissionError:
+        raise TunelensError(f"{path}: not readable (permission denied)") from None
 
 
 def _umask() -> int:

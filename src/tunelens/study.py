@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelens.config import ModelSpec, Study, dump_study, run_name
+from tunelens.config import ModelSpec, Study, dump_study
 from tunelens.errors import TunelensError
 from tunelens.io import write_json, write_text
+from tunelens.layout import RunIdentity
 
 STAGES = ("train", "generate", "evaluate", "explain")
 ZOO_PREFIX = "zoo:"
@@ -39,12 +40,16 @@ class Cell:
     rag: bool = False
 
     @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.model.name, self.strategy, self.objective, self.rag)
+
+    @property
     def name(self) -> str:
-        return run_name(self.model.name, self.strategy, self.objective, self.rag)
+        return self.identity.name
 
     @property
     def train_name(self) -> str:
-        return run_name(self.model.name, self.strategy, self.objective, False)
+        return self.identity.train_name
 
 
 @dataclass

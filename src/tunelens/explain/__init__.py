@@ -2,12 +2,20 @@
 
 ``attribute`` is the engine's entry point; ``explain_run`` (in :mod:`tunelens.explain.run`) applies
 it to a trained run and a data file. Methods register themselves by name (see
-:mod:`tunelens.explain.base`), so gradient methods and views plug in as one class each.
+:mod:`tunelens.explain.base` and the name registry :mod:`tunelens.explain.catalog`), so gradient
+methods and views plug in as one class each. Names are resolved on first use (PEP 562), so the
+catalog imports without torch.
 """
 
-from tunelens.explain.api import attribute
-from tunelens.explain.base import AttributionMethod, Job, register
-from tunelens.explain.result import Attribution
-from tunelens.explain.run import explain_run
+from tunelens.lazy import exports
 
-__all__ = ["Attribution", "AttributionMethod", "Job", "attribute", "explain_run", "register"]
+_EXPORTS = {
+    "attribute": "tunelens.explain.api",
+    "AttributionMethod": "tunelens.explain.base",
+    "Job": "tunelens.explain.base",
+    "register": "tunelens.explain.base",
+    "Attribution": "tunelens.explain.result",
+    "explain_run": "tunelens.explain.run",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = exports("tunelens.explain", _EXPORTS)

@@ -16,15 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tunelens.errors import TunelensError
+from tunelens.explain import catalog
 from tunelens.explain.features import Features
 from tunelens.explain.result import Attribution
-
-# Modules that register methods; imported on first lookup (missing ones are simply not there yet).
-METHOD_MODULES = (
-    "tunelens.explain.estimators",
-    "tunelens.explain.gradients",
-    "tunelens.explain.views",
-)
 
 METHODS: dict[str, type[AttributionMethod]] = {}
 
@@ -99,6 +93,9 @@ class AttributionMethod:
 def register(name: str):
     """Class decorator: make a method available to ``attribute(method=name)``."""
 
+    if name not in catalog.METHODS:
+        raise ValueError(f"method '{name}' is not listed in tunelens.explain.catalog.METHODS")
+
     def decorate(cls: type[AttributionMethod]) -> type[AttributionMethod]:
         cls.name = name
         METHODS[name] = cls
@@ -108,13 +105,8 @@ def register(name: str):
 
 
 def get_method(name: str) -> type[AttributionMethod]:
+    if name not in catalog.METHODS:
+        raise TunelensError(f"unknown method '{name}' (expected one of {', '.join(catalog.METHODS)})")
     if name not in METHODS:
-        for module in METHOD_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-    if name not in METHODS:
-        raise TunelensError(f"unknown method '{name}' (expected one of {', '.join(sorted(METHODS))})")
+        importlib.import_module(catalog.METHODS[name][0])
     return METHODS[name]

@@ -1,7 +1,16 @@
-"""train: fine-tuning strategies (full, lora, qlora, dora, freeze), objectives and export."""
+"""train: fine-tuning strategies (full, lora, qlora, dora, freeze), objectives and export.
 
-from tunelens.train.export import export_merged
-from tunelens.train.runner import train
-from tunelens.train.strategies import StrategySpec, apply_strategy
+Names are resolved on first use (PEP 562), so ``tunelens.train.catalog`` — the registry of
+strategy and objective names that the config reads — imports without torch or transformers.
+"""
 
-__all__ = ["StrategySpec", "apply_strategy", "export_merged", "train"]
+from tunelens.lazy import exports
+
+_EXPORTS = {
+    "export_merged": "tunelens.train.export",
+    "train": "tunelens.train.runner",
+    "StrategySpec": "tunelens.train.strategies",
+    "apply_strategy": "tunelens.train.strategies",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = exports("tunelens.train", _EXPORTS)

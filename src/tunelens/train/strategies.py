@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 
 from tunelens.config import LoraConfig, QuantConfig, TrainConfig
 from tunelens.errors import TunelensError
-
-STRATEGIES = ("full", "lora", "qlora", "dora", "freeze")
-ADAPTER_STRATEGIES = ("lora", "qlora", "dora")
+from tunelens.train.catalog import ADAPTER_STRATEGIES, STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,180 @@
+"""Where everything of a study lives, and who each run is: the one description of a study folder.
+
+Every module that reads or writes a study folder asks :class:`StudyLayout` for the path instead
+of joining strings of its own, so the layout (drawn in ``docs/architecture.md``) is stated once.
+A run's identity — model, strategy, objective, retrieval, seed — is data (:class:`RunIdentity`),
+written to ``runs/<run>.json`` by the study runner and into each trained model's ``run.json``;
+readers load it from there and never parse it back out of a file name.
+
+::
+
+    <out>/
+      study.yaml                     resolved config          .lock      held while a run is going
+      status.json                    cells and their state    .stamps/   one fingerprint per output
+      runs/<run>.json                identity of each run     logs/      a traceback per failed cell
+      data/{train,val,test}.jsonl    rag/  (index)            mlflow.db + mlartifacts/  (tracking)
+      models/<train run>/            weights or adapter, tokenizer, run.json
+      predictions/<run>.jsonl        metrics/<run>.json       attributions/<run>.parquet (+ .html)
+      stats/*.json                   figures/*.png            report.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelens.errors import TunelensError
+from tunelens.io import read_json, write_json
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who a run is. RAG runs share the trained model of their non-RAG twin (``train_name``)."""
+
+    model: str
+    strategy: str
+    objective: str
+    rag: bool = False
+    seed: int | None = None  # None: the study's single run of this cell (no replicates)
+
+    @property
+    def name(self) -> str:
+        """``<model>__<strategy>__<objective>[__rag][__seed<N>]``: a label, never parsed back."""
+        return "__".join([self.model, self.strategy, self.objective]
+                         + (["rag"] if self.rag else [])
+                         + ([f"seed{self.seed}"] if self.seed is not None else []))
+
+    @property
+    def train_name(self) -> str:
+        """The name of the trained model this run uses (the same for a run and its RAG twin)."""
+        return RunIdentity(self.model, self.strategy, self.objective, False, self.seed).name
+
+    @property
+    def cell(self) -> str:
+        """The name without the seed: replicates of one cell share it."""
+        return RunIdentity(self.model, self.strategy, self.objective, self.rag, None).name
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict, origin: str = "identity") -> RunIdentity:
+        try:
+            seed = raw.get("seed")
+            return cls(model=str(raw["model"]), strategy=str(raw["strategy"]),
+                       objective=str(raw["objective"]), rag=bool(raw.get("rag", False)),
+                       seed=None if seed is None else int(seed))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise TunelensError(f"{origin}: expected a run identity with model, strategy, objective "
+                                "(and optionally rag, seed)") from None
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The paths of one study folder (nothing is created by asking)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- study-wide files ---------------------------------------------------------------------
+    @property
+    def study_yaml(self) -> Path:
+        return self.root / "study.yaml"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def stamps(self) -> Path:
+        return self.root / ".stamps"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def rag(self) -> Path:
+        return self.root / "rag"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def attributions_dir(self) -> Path:
+        return self.root / "attributions"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    # -- per run ------------------------------------------------------------------------------
+    def model_dir(self, run: RunIdentity) -> Path:
+        return self.models / run.train_name
+
+    def predictions(self, run: RunIdentity) -> Path:
+        return self.predictions_dir / f"{run.name}.jsonl"
+
+    def metrics(self, run: RunIdentity) -> Path:
+        return self.metrics_dir / f"{run.name}.json"
+
+    def attributions(self, run: RunIdentity) -> Path:
+        return self.attributions_dir / f"{run.name}.parquet"
+
+    def log(self, run: RunIdentity) -> Path:
+        return self.logs / f"{run.name}.txt"
+
+    def identity_file(self, run: RunIdentity) -> Path:
+        return self.runs / f"{run.name}.json"
+
+    def write_identity(self, run: RunIdentity) -> None:
+        write_json(self.identity_file(run), run.to_dict())
+
+    def identities(self) -> list[RunIdentity]:
+        """Every run recorded in ``runs/``, sorted by name."""
+        found = []
+        for path in sorted(self.runs.glob("*.json")):
+            raw = read_json(path)
+            if not isinstance(raw, dict):
+                raise TunelensError(f"{path}: expected a JSON object")
+            found.append(RunIdentity.from_dict(raw, origin=str(path)))
+        return sorted(found, key=lambda r: r.name)

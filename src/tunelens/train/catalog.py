@@ -1,0 +1,31 @@
+"""The names of the fine-tuning strategies and objectives, and what each one means.
+
+This is the registry every other place derives its choices from: the study schema's allowed
+values (``config.py``), the CLI's help, the report's wording. It imports nothing, so reading a
+config never loads torch. :mod:`tunelens.train.strategies` and :mod:`tunelens.train.objectives`
+implement exactly these names (a test checks that both sides agree).
+"""
+
+from __future__ import annotations
+
+# name -> (what a reader calls it, one line on what is trained)
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "full": ("full fine-tuning", "every weight is trained"),
+    "lora": ("LoRA", "low-rank adapters on the linear layers, the base frozen"),
+    "qlora": ("QLoRA", "4-bit NF4 base + LoRA adapters"),
+    "dora": ("DoRA", "weight-decomposed LoRA adapters"),
+    "freeze": ("top-layer fine-tuning", "only the top layers, final norm and LM head are trained"),
+}
+ADAPTER_STRATEGIES = ("lora", "qlora", "dora")
+# The order strategies are listed in tables and figures: most to least trained.
+STRATEGY_ORDER = ("full", "freeze", "lora", "dora", "qlora")
+
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "instruct": ("instruction tuning", "prompt -> completion, loss on the completion only"),
+    "causal": ("continued pre-training", "loss on every token, packed"),
+}
+
+
+def strategy_label(name: str) -> str:
+    return STRATEGIES[name][0] if name in STRATEGIES else name
+
