@@ -59,9 +59,12 @@ def test_validate_names_file_and_line_of_a_broken_rule(prepared):
 @pytest.mark.parametrize(
     ("split", "line", "changes", "message"),
     [
-        ("val", 2, {"prompt": "  "}, r"val\.jsonl:2: field 'prompt' is empty"),
-        ("train", 3, {"topic": 7}, r"train\.jsonl:3: field 'topic' must be a string"),
-        ("test", 1, {"source": None}, r"test\.jsonl:1: field 'source' must be a string"),
+        ("val", 2, {"prompt": "  "}, r"val\.jsonl:2: field 'prompt': is empty"),
+        ("train", 3, {"topic": 7}, r"train\.jsonl:3: field 'topic': .*valid string, got number"),
+        ("test", 1, {"source": None}, r"test\.jsonl:1: field 'source': .*valid string, got null"),
+        ("test", 2, {"prompt": 5}, r"test\.jsonl:2: field 'prompt': .*valid string, got number"),
+        ("train", 1, {"completion": ["RULE"]}, r"train\.jsonl:1: field 'completion': .*got array"),
+        ("val", 1, {"id": 2.0}, r"val\.jsonl:1: field 'id': must be a string or an integer"),
     ],
 )
 def test_validate_names_file_and_line_of_a_broken_row(prepared, split, line, changes, message):
@@ -74,7 +77,8 @@ def test_validate_finds_repeated_ids_and_leaks(prepared):
     train = [json.loads(x) for x in (prepared / "train.jsonl").read_text().splitlines()]
     rewrite(prepared / "test.jsonl", 1, id=train[2]["id"])
     first = train[2]["id"]
-    with pytest.raises(TunelensError, match=rf"test\.jsonl:1: id '{first}' repeats .*train\.jsonl:3"):
+    repeat = rf"test\.jsonl:1: duplicate id '{first}' \(first at .*train\.jsonl:3\)"
+    with pytest.raises(TunelensError, match=repeat):
         validate(prepared)
     rewrite(prepared / "test.jsonl", 1, id="fresh", prompt=train[4]["prompt"] + " w1")
     with pytest.raises(TunelensError, match=r"test\.jsonl:1: prompt is a near-duplicate of .*train\.jsonl:5"):

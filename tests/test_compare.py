@@ -14,11 +14,11 @@ from tunelens.compare import compare_study, discover_runs, primary_runs
 from tunelens.compare.agreement import js_divergence, pair_metrics
 from tunelens.compare.category_shares import per_example as shares_per_example
 from tunelens.compare.concentration import gini, normalised_entropy, top_k_share
-from tunelens.compare.runs import parse_run_name
 from tunelens.compare.scale import detect_plateau, loglinear_fit
 from tunelens.compare.significance import compare_paired, holm, rank_biserial
 from tunelens.config import ComparisonConfig
 from tunelens.errors import TunelensError
+from tunelens.layout import RunIdentity, StudyLayout
 
 # A clause cut into features with known categories: (text, category).
 CLAUSE = [("RULE", "OTHER"), ("1011.5", "RULE_ID"), ("stair", "OTHER"), ("width", "OTHER"),
@@ -46,16 +46,26 @@ def _scores(kind: str, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.3, 1.0, n) * rng.choice([-1, 1], n)
 
 
-def write_run(study, name: str, params: float, kind: str, quality: float, n_examples: int, seed: int,
-              attributions: bool = True, metrics: bool = True, model_dir: bool = True) -> None:
+def rid(model: str, strategy: str, objective: str = "instruct", rag: bool = False,
+        seed: int | None = None) -> RunIdentity:
+    return RunIdentity(model, strategy, objective, rag, seed)
+
+
+def write_run(study, run: RunIdentity, params: float, kind: str, quality: float, n_examples: int,
+              seed: int, attributions: bool = True, metrics: bool = True, model_dir: bool = True,
+              record: bool = True) -> None:
+    """One run's outputs; ``record``: its identity in runs/ (else only in the model's run.json)."""
     rng = np.random.default_rng(seed)
-    parts = parse_run_name(name)
+    layout, name = StudyLayout(study), run.name
+    if record:
+        layout.write_identity(run)
     if model_dir:
-        d = study / "models" / name
+        d = layout.model_dir(run)
         d.mkdir(parents=True, exist_ok=True)
-        trainable = params if parts["strategy"] == "full" else params / 100
+        trainable = params if run.strategy == "full" else params / 100
         (d / "run.json").write_text(json.dumps({
-            "strategy": parts["strategy"], "objective": parts["objective"], "base_model": f"zoo/{name}",
+            "identity": run.to_dict(),
+            "strategy": run.strategy, "objective": run.objective, "base_model": f"zoo/{name}",
             "trainable_params": trainable, "total_params": params + (trainable if trainable < params else 0),
             "train_loss": [{"step": s, "loss": 3.0 / (1 + s / 10)} for s in range(0, 60, 5)],
             "val_loss_before": 3.2, "val_loss_after": 1.1 + rng.uniform(0, 0.2),
@@ -103,14 +113,15 @@ def make_study(root, n_examples: int = 24, models=("s", "m"), replicate: bool = 
                                       ("qlora", "spread", 0.0)):
             seed += 1
             q = min(0.95, QUALITY[model] + bonus)
-            write_run(study, f"{model}__{strategy}__instruct", SIZES[model], kind, q, n_examples, seed)
+            write_run(study, rid(model, strategy), SIZES[model], kind, q, n_examples, seed)
     if replicate:  # the same lora cell attributed again with another seed
-        write_run(study, f"{models[0]}__lora__instruct__seed1", SIZES[models[0]], "spread",
+        write_run(study, rid(models[0], "lora", seed=1), SIZES[models[0]], "spread",
                   QUALITY[models[0]], n_examples, 999, model_dir=False)
-    cells = [{"run": f"{m}__{s}__instruct", "status": "ok", "error": None, "stages": {"train": 1.0}}
+    cells = [{"run": rid(m, s).name, "status": "ok", "error": None, "stages": {"train": 1.0}}
              for m in models for s in ("full", "lora", "qlora")]
     if failed:
-        cells.append({"run": f"{models[0]}__dora__instruct", "status": "failed",
+        StudyLayout(study).write_identity(rid(models[0], "dora"))
+        cells.append({"run": rid(models[0], "dora").name, "status": "failed",
                       "error": "RuntimeError: out of memory", "stages": {}})
     (study / "status.json").write_text(json.dumps({"cells": cells}))
     return study
@@ -257,8 +268,8 @@ def test_scale_curves_find_the_plateau(tmp_path):
 def test_study_with_one_model_and_missing_pieces(tmp_path):
     study = tmp_path / "study"
     study.mkdir()
-    write_run(study, "s__lora__instruct", 1e6, "spread", 0.5, 6, 1)
-    write_run(study, "s__full__instruct", 1e6, "peaked", 0.5, 6, 2, attributions=False, metrics=False)
+    write_run(study, rid("s", "lora"), 1e6, "spread", 0.5, 6, 1)
+    write_run(study, rid("s", "full"), 1e6, "peaked", 0.5, 6, 2, attributions=False, metrics=False)
     result = compare_study(study, FAST)
     assert result["scale"]["curves"] == []
     assert result["agreement"]["pairs"] == [] and result["agreement"]["noise_floor"] is None
@@ -284,15 +295,51 @@ def test_an_all_zero_example_is_left_out_not_counted_as_uniform(tmp_path):
 def test_malformed_metrics_file_is_named(tmp_path):
     study = tmp_path / "study"
     (study / "metrics").mkdir(parents=True)
+    StudyLayout(study).write_identity(rid("s", "lora"))
     (study / "metrics" / "s__lora__instruct.json").write_text('{"aggregate": ')
     with pytest.raises(TunelensError, match=r"s__lora__instruct\.json:1: malformed JSON"):
         compare_study(study, FAST)
 
 
-def test_run_names_and_replicates():
-    assert parse_run_name("s__qlora__causal__rag__seed2") == {
-        "model": "s", "strategy": "qlora", "objective": "causal", "rag": True, "seed": 2}
-    assert parse_run_name("summary") is None
+def test_runs_come_from_identities_not_file_names(tmp_path):
+    """Identity is data: a model whose name has ``__`` in it is one model, a RAG run shares its
+    twin's model folder, a model known only from its run.json counts, and a file nobody
+    recorded is reported as unrecorded rather than parsed."""
+    study = tmp_path / "study"
+    study.mkdir()
+    odd = rid("tiny__v2", "lora")  # a name parsing would split wrongly
+    write_run(study, odd, 1e6, "spread", 0.5, 6, 1)
+    rag = rid("tiny__v2", "lora", rag=True)
+    write_run(study, rag, 1e6, "spread", 0.5, 6, 2, model_dir=False)
+    write_run(study, rid("tiny__v2", "full"), 1e6, "peaked", 0.5, 6, 3, record=False)
+    layout = StudyLayout(study)
+    elsewhere = layout.models / "my-adapter"  # trained outside a study: the folder is not its name
+    elsewhere.mkdir()
+    (elsewhere / "run.json").write_text(json.dumps({
+        "identity": rid("base", "dora").to_dict(), "strategy": "dora", "total_params": 1e6}))
+    (layout.metrics_dir / "m__lora__instruct.json").write_text('{"aggregate": {"chrf": 1.0}}')
+    (layout.metrics_dir / "summary.json").write_text("{}")
+
+    runs = {r.name: r for r in discover_runs(study)}
+    assert set(runs) == {odd.name, rag.name, "tiny__v2__full__instruct", "base__dora__instruct"}
+    assert runs["base__dora__instruct"].model_dir == "my-adapter"
+    assert runs[odd.name].model == "tiny__v2" and runs[odd.name].strategy == "lora"
+    assert runs[rag.name].rag and runs[rag.name].model_dir == odd.name  # the twin's trained model
+    assert runs["tiny__v2__full__instruct"].run_json is not None  # known from run.json alone
+
+    result = compare_study(study, FAST)
+    unrecorded = {f["run"]: f for f in result["runs"]["failures"] if f["status"] == "unrecorded"}
+    assert set(unrecorded) == {"m__lora__instruct", "summary"}
+    assert "metrics/m__lora__instruct.json" in unrecorded["m__lora__instruct"]["error"]
+    assert "m__lora__instruct" not in result["runs"]["primary"]
+
+
+def test_a_study_with_outputs_but_no_identities_says_so(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    write_run(study, rid("s", "lora"), 1e6, "spread", 0.5, 4, 1, record=False, model_dir=False)
+    with pytest.raises(TunelensError, match=r"no runs found .*1 output\(s\) without one"):
+        compare_study(study, FAST)
 
 
 def test_primary_run_is_the_unsuffixed_one(tmp_path):
@@ -302,6 +349,7 @@ def test_primary_run_is_the_unsuffixed_one(tmp_path):
     assert "s__lora__instruct" in [r.name for r in primary_runs(runs)]
     replica = next(r for r in runs if r.seed == 1)
     assert replica.run_json is not None and replica.params == 1e6  # shares its cell's model
+    assert replica.model_dir == "s__lora__instruct"
 
 
 def test_cli_compare_prints_a_summary_and_fails_cleanly(tmp_path, capsys, monkeypatch):

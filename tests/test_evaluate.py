@@ -313,3 +313,27 @@ def test_cli_evaluate_bad_input_is_one_red_line(tmp_path, capsys):
     code = main(["evaluate", "--predictions", str(bad), "--out", str(tmp_path / "m.json"),
                  "--judge-url", "http://127.0.0.1:9"])
     assert code == 2 and "needs a model" in capsys.readouterr().err
+
+
+def test_sacrebleu_private_api_is_pinned():
+    """evaluate scores bootstrap resamples with two private sacrebleu methods (there is no public
+    equivalent for chrF): a sacrebleu release that moves them must fail here, loudly."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from tunelens.evaluate.metrics import SACREBLEU_PRIVATE, sacrebleu_private
+
+    for metric in (BLEU(), CHRF()):
+        for name in SACREBLEU_PRIVATE:
+            assert callable(getattr(metric, name, None)), (
+                f"sacrebleu {sacrebleu.__version__} moved {type(metric).__name__}.{name}, which "
+                "tunelens/evaluate/metrics.py uses to score bootstrap resamples: update it")
+    preds, refs = [p for p, _ in PROSE], [r for _, r in PROSE]
+    for name, direct in (("bleu", sacrebleu.corpus_bleu), ("chrf", sacrebleu.corpus_chrf)):
+        assert corpus_stats(preds, refs)[name].corpus_score() == pytest.approx(
+            direct(preds, [refs]).score)
+
+    class Moved:  # what a release without the method looks like
+        pass
+
+    with pytest.raises(RuntimeError, match=r"sacrebleu .* has no Moved\._compute_score_from_stats"):
+        sacrebleu_private(Moved(), "_compute_score_from_stats")

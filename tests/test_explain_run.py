@@ -120,3 +120,79 @@ def test_cli_explain_writes_and_reports_errors(micro_model_dir, data, tmp_path, 
     assert main(["explain", "--model", str(micro_model_dir), "--data", str(data), "--out", str(out),
                  "--granularity", "letters"]) == 2
     assert "granularity" in capsys.readouterr().err
+
+
+def test_every_catalog_name_resolves_to_its_class():
+    from tunelens.explain.base import AttributionMethod, get_method
+    from tunelens.explain.catalog import METHODS, PERTURBATION_METHODS
+
+    assert set(PERTURBATION_METHODS) <= set(METHODS)
+    for name in METHODS:
+        cls = get_method(name)
+        assert issubclass(cls, AttributionMethod) and cls.name == name, name
+    with pytest.raises(TunelensError, match="unknown method 'nope'"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("method", ["attention", "rollout", "shapley_exact"])
+def test_methods_newly_choosable_from_yaml_run_end_to_end(micro_model_dir, data, tmp_path, method):
+    """These three were registered but not choosable from a study file; now they are, and run."""
+    config = ExplanationConfig.model_validate({"method": method, "granularity": "word", "max_examples": 2,
+                                               "heatmap": False})
+    out = tmp_path / f"{method}.parquet"
+    summary = explain_run(str(micro_model_dir), data, out, config, progress=False)
+    frame = pd.read_parquet(out)
+    assert summary["examples"] == 2 and set(frame.method) == {method}
+    assert len(frame) == summary["features"] > 0 and frame.score.notna().all()
+    if method != "shapley_exact":  # attention paid by the target rows: a share of at most 1 each
+        assert (frame.score >= 0).all()
+
+
+def test_resume_is_keyed_on_content_not_timestamps(micro_model_dir, data, tmp_path, monkeypatch):
+    """Touching the model keeps finished examples; editing the data does not (regression: the
+    stamp hashed size and mtime of the model files)."""
+    import os
+    import shutil
+
+    model = shutil.copytree(micro_model_dir, tmp_path / "model")
+    config = ExplanationConfig(heatmap=False)
+    real = run_module._explain_one
+
+    def interrupted_run(out):
+        calls = []
+
+        def flaky(llm, tok, ex, cfg):
+            calls.append(ex["example_id"])
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real(llm, tok, ex, cfg)
+
+        monkeypatch.setattr(run_module, "_explain_one", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            explain_run(str(model), data, out, config, progress=False)
+        monkeypatch.setattr(run_module, "_explain_one", real)
+
+    out = tmp_path / "touched.parquet"
+    interrupted_run(out)
+    weights = model / "model.safetensors"
+    later = weights.stat().st_mtime_ns + 10**10
+    os.utime(weights, ns=(later, later))
+    assert explain_run(str(model), data, out, config, progress=False)["resumed"] == 2
+
+    out = tmp_path / "edited.parquet"
+    interrupted_run(out)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[2]["completion"] = "RULE 9 other.field >= 1 m"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert explain_run(str(model), data, out, config, progress=False)["resumed"] == 0
+
+
+def test_a_number_is_not_a_clause(micro_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "a", "prompt": "Stairs.", "completion": "RULE 1"}\n\n'
+                    '{"id": "b", "prompt": 5, "completion": "RULE 2"}\n')
+    with pytest.raises(TunelensError, match=r"d\.jsonl:3: field 'prompt': .*string"):
+        explain_run(str(micro_model_dir), data, tmp_path / "x.parquet", progress=False)
+    data.write_text('{"id": "a", "prompt": "Stairs.", "completion": 7}\n')
+    with pytest.raises(TunelensError, match=r"d\.jsonl:1: field 'completion': .*string"):
+        explain_run(str(micro_model_dir), data, tmp_path / "x.parquet", progress=False)

@@ -178,9 +178,12 @@ def test_generate_predictions_with_samples(micro_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"id": "a", "prompt": "x"}\n{"id": "b"}\n', r"test.jsonl:2: missing field\(s\) prompt"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b"}\n', r"test.jsonl:2: field 'prompt': missing"),
     ('{"id": "a", "prompt": "x"}\n{oops\n', r"test.jsonl:2: malformed JSON"),
-    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', r"duplicate id 'a'"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', r"test.jsonl:2: duplicate id 'a'"),
+    # a number is a wrong column, never a clause "5" (regression: it was turned into text)
+    ('{"id": "a", "prompt": "x"}\n\n{"id": "b", "prompt": 5}\n', r"test.jsonl:3: field 'prompt': .*string"),
+    ('{"id": "a", "prompt": "x", "completion": 7}\n', r"test.jsonl:1: field 'completion': .*string"),
 ])
 def test_bad_data_is_one_line_and_writes_nothing(micro_model_dir, tmp_path, content, message):
     data = tmp_path / "test.jsonl"

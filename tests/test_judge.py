@@ -14,7 +14,7 @@ from tunelens.cli import main
 from tunelens.config import EvaluationConfig, JudgeConfig
 from tunelens.errors import TunelensError
 from tunelens.evaluate import evaluate, judge_config
-from tunelens.evaluate.judge import chat_endpoint, load_template, parse_reply
+from tunelens.evaluate.judge import api_base, chat_endpoint, load_template, parse_reply
 
 ROWS = [
     {"id": "a", "prompt": "Stair risers shall not exceed 178 mm.",
@@ -30,10 +30,14 @@ ROWS = [
 
 
 class ScriptedServer:
-    """An OpenAI-compatible /v1/chat/completions stub that answers from a script, in order."""
+    """An OpenAI-compatible /v1/chat/completions stub that answers from a script, in order.
 
-    def __init__(self, replies, delay: float = 0.0, status: int = 200):
-        self.replies, self.requests = list(replies), []
+    ``statuses`` are the HTTP statuses of the first requests, in order (then ``status``); a
+    non-200 answer consumes no reply and tells the client to retry after 10 ms.
+    """
+
+    def __init__(self, replies, delay: float = 0.0, status: int = 200, statuses=()):
+        self.replies, self.requests, self.statuses = list(replies), [], list(statuses)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,14 +46,21 @@ class ScriptedServer:
                 owner.requests.append({"path": self.path, "body": body})
                 if delay:
                     time.sleep(delay)
-                content = owner.replies.pop(0) if owner.replies else "out of script"
-                payload = json.dumps({
-                    "id": "x", "object": "chat.completion", "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                }).encode() if status == 200 else b'{"error": "model not found"}'
+                code = owner.statuses.pop(0) if owner.statuses else status
+                if code == 200:
+                    content = owner.replies.pop(0) if owner.replies else "out of script"
+                    payload = json.dumps({
+                        "id": "x", "object": "chat.completion", "model": body.get("model"),
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                    }).encode()
+                else:
+                    payload = (b'{"error": "rate limited"}' if code == 429
+                               else b'{"error": "model not found"}')
                 try:
-                    self.send_response(status)
+                    self.send_response(code)
+                    if code != 200:
+                        self.send_header("retry-after-ms", "10")
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
@@ -141,7 +152,32 @@ def test_cli_judge_flags_reach_the_server(tmp_path, capsys):
     assert "judge_accuracy" in out and "template v1" in out and "0 missing" in out
 
 
-def test_connection_refused_is_one_line_naming_the_url(tmp_path):
+def test_a_rate_limited_request_is_retried_and_the_evaluation_completes(tmp_path):
+    """One 429 (and one 503) must not abort an evaluation: the client retries with back-off."""
+    replies = ['{"accuracy": 4, "relevance": 5, "rationale": "fine"}'] * 3
+    with ScriptedServer(replies, statuses=[429, 200, 503]) as server:
+        result = evaluate(write_rows(tmp_path / "p.jsonl"), tmp_path / "m.json",
+                          config_for(server.url))
+    assert len(server.requests) == 5  # three rows, two of them asked twice
+    assert [r["judge_accuracy"] for r in result["per_example"]] == [4.0, 4.0, 4.0]
+    assert [r["judge_attempts"] for r in result["per_example"]] == [1, 1, 1]  # not a re-ask
+    assert result["info"]["judge"]["missing"] == 0
+
+
+def test_rate_limit_past_the_retries_is_one_line(tmp_path, monkeypatch):
+    from tunelens.evaluate import judge
+
+    monkeypatch.setattr(judge, "HTTP_RETRIES", 1)
+    with ScriptedServer([], status=429) as server:
+        with pytest.raises(TunelensError, match=r"HTTP 429 \(.*rate limited") as e:
+            evaluate(write_rows(tmp_path / "p.jsonl"), tmp_path / "m.json", config_for(server.url))
+    assert len(server.requests) == 2 and "\n" not in str(e.value)
+
+
+def test_connection_refused_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    from tunelens.evaluate import judge
+
+    monkeypatch.setattr(judge, "HTTP_RETRIES", 0)
     with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -152,13 +188,18 @@ def test_connection_refused_is_one_line_naming_the_url(tmp_path):
     assert "\n" not in str(e.value) and not out.exists()
 
 
-def test_timeout_is_one_line_naming_the_url(tmp_path):
-    with ScriptedServer(["{}"], delay=2.0) as server:
+def test_timeout_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    from tunelens.evaluate import judge
+
+    monkeypatch.setattr(judge, "HTTP_RETRIES", 1)
+    with ScriptedServer(["{}"], delay=1.0) as server:
         out = tmp_path / "m.json"
-        with pytest.raises(TunelensError, match=r"no reply within 0\.3 s \(timeout\)") as e:
+        with pytest.raises(TunelensError,
+                           match=r"no reply within 0\.2 s \(timeout\), 2 attempts") as e:
             evaluate(write_rows(tmp_path / "p.jsonl"), out,
-                     config_for(server.url, timeout_seconds=0.3))
+                     config_for(server.url, timeout_seconds=0.2))
     assert server.url in str(e.value) and "\n" not in str(e.value) and not out.exists()
+    assert len(server.requests) == 2  # a timeout is retried once, then reported
 
 
 def test_http_error_is_one_line(tmp_path):
@@ -215,6 +256,7 @@ def test_endpoint_and_template_handling():
     assert chat_endpoint("http://h:1") == "http://h:1/v1/chat/completions"
     assert chat_endpoint("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_endpoint("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
+    assert api_base("http://h:1/v1/chat/completions/") == api_base("http://h:1") == "http://h:1/v1"
     with pytest.raises(TunelensError, match=r"judge template 'v0' does not exist \(available: v1"):
         load_template("v0")
     text = load_template("v1").render("C {x}", "R $", "P")

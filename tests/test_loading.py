@@ -162,3 +162,33 @@ def test_load_for_inference_requantizes_a_qlora_base(micro_model_dir, tmp_path):
 def test_load_for_inference_of_a_plain_checkpoint(micro_model_dir):
     model, _ = load_for_inference(str(micro_model_dir))
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_an_adapter_from_a_relative_base_path_loads_from_any_folder(micro_model_dir, tmp_path, monkeypatch):
+    """peft records the base's ``name_or_path``; a local base is loaded by its absolute path, so an
+    adapter trained from ``./model`` still finds it from elsewhere (peft's AutoPeftModel loads it)."""
+    from peft import LoraConfig, PeftModelForCausalLM, get_peft_model
+
+    monkeypatch.chdir(micro_model_dir.parent)
+    base, tokenizer = load_model(f"./{micro_model_dir.name}")
+    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                            init_lora_weights=False))
+    run = tmp_path / "run"
+    tuned.save_pretrained(run)
+    tokenizer.save_pretrained(run)
+    (run / "run.json").write_text(json.dumps({"strategy": "lora", "base_model": str(micro_model_dir)}))
+    recorded = json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(micro_model_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    loaded, tok = load_for_inference(str(run))
+    assert isinstance(loaded, PeftModelForCausalLM)
+    assert torch.allclose(_logits(loaded.eval(), tok), _logits(tuned.eval(), tok), atol=1e-6)
+
+
+def test_an_adapter_whose_base_is_gone_is_one_line(micro_model_dir, tmp_path):
+    _, run = _run_folder(tmp_path, micro_model_dir, "lora")
+    config = json.loads((run / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (run / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(TunelensError, match=r"adapter_config\.json: the base model .*moved-away is not there"):
+        load_for_inference(str(run))

@@ -88,7 +88,13 @@ def test_bad_corpus_and_index(tmp_path):
         build_index(tmp_path / "missing.jsonl", tmp_path / "i")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "completion": "y"}\n{"prompt": "z"}\n')
-    with pytest.raises(TunelensError, match=r"bad.jsonl:2: missing field\(s\) completion"):
+    with pytest.raises(TunelensError, match=r"bad.jsonl:2: field 'completion': missing"):
+        build_index(bad, tmp_path / "i")
+    bad.write_text('{"prompt": "x", "completion": "y"}\n{"prompt": 5, "completion": "y"}\n')
+    with pytest.raises(TunelensError, match=r"bad.jsonl:2: field 'prompt': .*string"):
+        build_index(bad, tmp_path / "i")  # a number is not a clause (it was once read as "5")
+    bad.write_text('{"id": "a", "prompt": "x", "completion": "y"}\n{"id": "a", "prompt": "z", "completion": "y"}\n')
+    with pytest.raises(TunelensError, match=r"bad.jsonl:2: duplicate id 'a' \(first at .*bad.jsonl:1\)"):
         build_index(bad, tmp_path / "i")
     assert not (tmp_path / "i").exists()
     (tmp_path / "empty-dir").mkdir()

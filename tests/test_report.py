@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from test_compare import FAST, make_study, write_run
+from test_compare import FAST, make_study, rid, write_run
 
 from tunelens.cli import main
 from tunelens.compare import compare_study
@@ -107,7 +108,7 @@ def test_report_is_one_self_contained_file(study, report):
 def test_report_of_a_study_with_one_run_and_no_stats(tmp_path):
     study = tmp_path / "study"
     study.mkdir()
-    write_run(study, "s__lora__instruct", 1e6, "spread", 0.5, 4, 1)
+    write_run(study, rid("s", "lora"), 1e6, "spread", 0.5, 4, 1)
     out = write_report(study, ReportConfig(heatmap_examples=1), out=tmp_path / "r" / "one.html")
     html = out.read_text(encoding="utf-8")
     assert (study / "stats" / "tests.json").exists()  # compare ran first
@@ -115,16 +116,66 @@ def test_report_of_a_study_with_one_run_and_no_stats(tmp_path):
     assert "Agreement needs at least two runs" in html
 
 
-def test_report_recomputes_stale_statistics(tmp_path):
-    study = make_study(tmp_path, n_examples=4, models=("s",), failed=False)
-    compare_study(study, FAST)
-    stamp = (study / "stats" / "runs.json").stat().st_mtime
-    write_run(study, "s__dora__instruct", 1e6, "spread", 0.5, 4, 9)  # a cell re-run after compare
+def test_report_recomputes_statistics_when_an_input_changes_not_when_it_is_touched(tmp_path):
     import os
 
-    os.utime(study / "metrics" / "s__dora__instruct.json", (stamp + 10, stamp + 10))
+    study = make_study(tmp_path, n_examples=4, models=("s",), failed=False)
+    compare_study(study, FAST)
+    runs_json = study / "stats" / "runs.json"
+    before = runs_json.stat().st_mtime_ns
+    metrics = study / "metrics" / "s__lora__instruct.json"
+    later = metrics.stat().st_mtime + 100
+    os.utime(metrics, (later, later))  # touched after compare: same content
     write_report(study, ReportConfig(heatmap_examples=0))
-    assert "s__dora__instruct" in (study / "stats" / "runs.json").read_text()
+    assert runs_json.stat().st_mtime_ns == before  # reused, not recomputed
+
+    raw = json.loads(metrics.read_text())
+    raw["aggregate"]["chrf"] = 12.5  # edited: the statistics are stale
+    metrics.write_text(json.dumps(raw))
+    write_report(study, ReportConfig(heatmap_examples=0))
+    lora = next(r for r in json.loads(runs_json.read_text())["runs"] if r["name"] == "s__lora__instruct")
+    assert lora["aggregate"]["chrf"] == 12.5
+
+    write_run(study, rid("s", "dora"), 1e6, "spread", 0.5, 4, 9)  # a cell added after compare
+    write_report(study, ReportConfig(heatmap_examples=0))
+    assert "s__dora__instruct" in runs_json.read_text()
+
+
+def test_non_significant_tests_are_folded_away(study, report):
+    """~200 test rows: the significant ones in the table, the rest inside a <details>."""
+    html = report.read_text(encoding="utf-8")
+    section = html[html.index('<section id="tests">'):html.index('<section id="concentration">')]
+    folded = section[section.index('<details class="other-tests">'):section.index("</details>")]
+    shown = section[:section.index('<details class="other-tests">')]
+    assert shown.count('class="l sig"') >= 3 and 'class="l ns"' not in shown
+    n_folded = folded.count('class="l ns"')
+    assert n_folded >= 10 and 'class="l sig"' not in folded
+    assert f"{n_folded} comparisons" in folded
+
+
+def test_scale_axis_labels_do_not_overlap_within_a_decade():
+    """The scale figure's size labels on a log axis spanning less than a decade do not overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tunelens.report.figures import scale_figure
+
+    sizes = [2.5e5, 3.0e5, 7.0e5, 2.1e6]  # 0.92 decades (the README figure's), two sizes close
+    points = [{"params": p, "value": 0.1 * i, "lo": None, "hi": None} for i, p in enumerate(sizes)]
+    curve = {"metric": "chrf", "strategy": "lora", "objective": "instruct", "rag": False,
+             "points": points, "fit": None, "plateau": {"size": None}}
+    fig = scale_figure({"scale": {"curves": [curve]}}, ["chrf"])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+    labels = [t.label1 for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_visible()
+              and t.label1.get_text()]
+    boxes = sorted((lab.get_window_extent(renderer) for lab in labels), key=lambda b: b.x0)
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 <= right.x0, "tick labels overlap"
+    assert [lab.get_text() for lab in labels] == ["250k", "700k", "2.1M"]  # the sizes, readable
 
 
 def test_cli_report(study, tmp_path, capsys):

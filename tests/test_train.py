@@ -12,8 +12,9 @@ from transformers import TrainerCallback
 
 from tunelens.cli import main
 from tunelens.config import TrackingConfig, TrainConfig
+from tunelens.layout import RunIdentity
 from tunelens.train import train
-from tunelens.train.runner import partial_dir
+from tunelens.train.runner import partial_dir, resumable_checkpoint
 
 # A random-init micro model learns fast; these rates make 30 steps reliably lower val loss.
 FAST = dict(max_steps=30, learning_rate=1e-2, full_learning_rate=3e-3, batch_size=4, max_length=256,
@@ -56,6 +57,10 @@ def test_strategy_lowers_val_loss_and_is_tracked(strategy, micro_model_dir, data
         assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     assert (info["quantization"] is not None) == (strategy == "qlora")
     assert not partial_dir(out).exists()
+    # without a study, the run records the identity it knows, as data
+    assert info["identity"] == {"name": f"{micro_model_dir.name}__{strategy}__instruct",
+                                "model": micro_model_dir.name, "strategy": strategy,
+                                "objective": "instruct", "rag": False, "seed": None}
 
     client = MlflowClient(tracking_uri=tracking.uri)
     run = client.get_run(info["mlflow"]["run_id"])
@@ -98,8 +103,12 @@ def test_dora_and_freeze(micro_model_dir, data_dir, tmp_path):
     assert 0 < dora["trainable_params"] < dora["total_params"]
     assert dora["global_step"] == 3 and dora["train_tokens"] > 0
 
+    identity = RunIdentity("micro", "freeze", "instruct", seed=3).to_dict()
     frozen = train(str(micro_model_dir), data_dir, tmp_path / "freeze", "freeze", "instruct",
-                   cfg.model_copy(update={"curriculum": "loss"}), off)
+                   cfg.model_copy(update={"curriculum": "loss"}), off, identity=identity)
+    assert frozen["identity"] == identity  # the study's identity, written as given
+    assert RunIdentity.from_dict(json.loads((tmp_path / "freeze" / "run.json").read_text())["identity"]) \
+        == RunIdentity("micro", "freeze", "instruct", seed=3)
     assert 0 < frozen["trainable_params"] < frozen["total_params"]
     before = load_file(micro_model_dir / "model.safetensors")
     after = load_file(tmp_path / "freeze" / "model.safetensors")
@@ -109,26 +118,42 @@ def test_dora_and_freeze(micro_model_dir, data_dir, tmp_path):
     assert "lm_head.weight" in changed  # ... while layer 0 and the embeddings did not
 
 
-def test_interrupt_checkpoints_and_rerun_resumes(micro_model_dir, data_dir, tmp_path):
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
+class CtrlC(TrainerCallback):
+    """A real Ctrl-C (``times`` SIGINTs) in the middle of step ``at_step + 1``."""
 
-    class FirstStep(TrainerCallback):
-        first = None
+    def __init__(self, at_step: int, times: int = 1) -> None:
+        self.at_step, self.times = at_step, times
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            if self.first is None:
-                self.first = state.global_step
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
 
+
+class FirstStep(TrainerCallback):
+    """Records the global step training started from (0 for a fresh start)."""
+
+    first = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first is None:
+            self.first = state.global_step
+
+
+def checkpoints(out) -> list[str]:
+    return sorted(p.name for p in (partial_dir(out) / "checkpoints").glob("checkpoint-*"))
+
+
+def test_interrupt_checkpoints_and_rerun_resumes(micro_model_dir, tmp_path):
+    data_dir = write_data(tmp_path / "data")
     cfg = TrainConfig(**{**FAST, "max_steps": 6, "logging_steps": 1})
     study = tmp_path / "study"
     out = study / "models" / "m__lora__instruct"
     with pytest.raises(KeyboardInterrupt):
-        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, callbacks=[StopAt()])
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, callbacks=[CtrlC(2)])
     assert not out.exists()
-    assert (partial_dir(out) / "checkpoints" / "checkpoint-3").is_dir()
+    assert checkpoints(out) == ["checkpoint-3"]  # saved by the Trainer at the end of step 3
+    os.utime(data_dir / "train.jsonl")  # touched, not changed: still the same run
 
     first = FirstStep()
     info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, callbacks=[first])
@@ -137,6 +162,7 @@ def test_interrupt_checkpoints_and_rerun_resumes(micro_model_dir, data_dir, tmp_
     steps = [r["step"] for r in info["train_loss"]]  # logs from before the interrupt are kept
     assert steps == sorted(set(steps)) and {1, 2, 4, 5, 6} <= set(steps)
     assert not partial_dir(out).exists() and (out / "run.json").exists()
+    assert resumable_checkpoint(out) is None
     # default tracking store: <study>/mlflow.db for runs at <study>/models/<run>
     assert (study / "mlflow.db").exists() and not (study / "models" / "mlflow.db").exists()
     from mlflow import MlflowClient
@@ -147,24 +173,43 @@ def test_interrupt_checkpoints_and_rerun_resumes(micro_model_dir, data_dir, tmp_
     assert statuses == ["FINISHED", "KILLED"]
 
 
-def test_sigint_checkpoints_at_step_end_and_changed_config_starts_over(micro_model_dir, data_dir,
-                                                                        tmp_path):
-    class CtrlC(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-step 2
-
+def test_sigint_checkpoints_at_step_end_and_changed_input_starts_over(micro_model_dir, tmp_path):
+    data_dir = write_data(tmp_path / "data")
     cfg = TrainConfig(**{**FAST, "max_steps": 4})
     off = TrackingConfig(enabled=False)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off, callbacks=[CtrlC()])
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off, callbacks=[CtrlC(1)])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    checkpoints = sorted(p.name for p in (partial_dir(out) / "checkpoints").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-2"]  # step 2 finished, then the run stopped
+    assert checkpoints(out) == ["checkpoint-2"]  # step 2 finished, then the run stopped
+
+    rows = (data_dir / "train.jsonl").read_text().splitlines()
+    edited = json.loads(rows[5]) | {"completion": "RULE edited.row >= 1 mm"}
+    (data_dir / "train.jsonl").write_text("\n".join([*rows[:5], json.dumps(edited), *rows[6:]]) + "\n")
+    first = FirstStep()
+    with pytest.raises(KeyboardInterrupt):  # an edited row: the checkpoint is not this run's
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off,
+              callbacks=[first, CtrlC(1)])
+    assert first.first == 0 and checkpoints(out) == ["checkpoint-2"]
+
     other = TrainConfig(**{**FAST, "max_steps": 3, "learning_rate": 5e-3})
     info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", other, off)
-    assert info["resumed_from_step"] is None
+    assert info["resumed_from_step"] is None  # a changed config starts over too
+
+
+def test_second_ctrl_c_stops_at_once_keeping_the_last_step_end_checkpoint(micro_model_dir, data_dir,
+                                                                         tmp_path):
+    cfg = TrainConfig(**{**FAST, "max_steps": 5, "save_steps": 2})
+    off = TrackingConfig(enabled=False)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # two Ctrl-C mid step 4: no half-done step is saved
+        train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off,
+              callbacks=[CtrlC(3, times=2)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert checkpoints(out) == ["checkpoint-2"]  # the periodic save, written by the Trainer
+    assert resumable_checkpoint(out) == partial_dir(out) / "checkpoints" / "checkpoint-2"
+    info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off)
+    assert info["resumed_from_step"] == 2 and info["global_step"] == 5
 
 
 def test_early_stopping_on_rising_val_loss(micro_model_dir, data_dir, tmp_path):

@@ -208,3 +208,29 @@ def test_refuses_to_replace_a_folder_that_is_not_a_zoo(tmp_path, tiny_preset):
     assert (out / "thesis.tex").read_text() == "years of work"
     with pytest.raises(TunelensError, match="exists and is not a folder"):
         build_zoo(tiny_preset, out / "thesis.tex", rows=standin_rows())
+
+
+def test_build_key_follows_the_content_of_the_code_that_builds(tmp_path, monkeypatch):
+    """An edited source file of the builder is a different build; a touched one is not."""
+    source = tmp_path / "builder.py"
+    source.write_text("STEPS = 80\n")
+    monkeypatch.setattr(zoo, "build_sources", lambda: [source])
+    clauses, rules = pretraining_texts(standin_rows())
+    key = zoo.build_key(TINY, clauses, rules)
+    assert set(key) == {"preset", "corpus", "code", "versions", "hash"}
+    os.utime(source, ns=(1, 1))
+    assert zoo.build_key(TINY, clauses, rules) == key
+    source.write_text("STEPS = 81\n")
+    changed = zoo.build_key(TINY, clauses, rules)
+    assert changed["code"] != key["code"] and changed["hash"] != key["hash"]
+    assert changed["corpus"] == key["corpus"]
+    assert zoo.build_key(TINY, clauses[1:], rules)["corpus"] != key["corpus"]
+
+
+def test_build_sources_are_the_builders_own_files():
+    from tunelens.models import card, pretrain
+
+    names = {p.name for p in zoo.build_sources()}
+    assert names == {"zoo.py", "pretrain.py", "card.py"}
+    assert all(p.is_file() for p in zoo.build_sources())
+    assert {pretrain.__file__, card.__file__} <= {str(p) for p in zoo.build_sources()}

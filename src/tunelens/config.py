@@ -8,10 +8,19 @@ key path (``train.lora.rank``) and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, NotRequired, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from tunelens.errors import TunelensError
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
@@ -26,7 +35,11 @@ Baseline = Literal[tuple(BASELINES)]
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, not silently ignored."""
+    """Base of every section: unknown keys are errors, not silently ignored.
+
+    A number is never turned into text (pydantic's default, kept on purpose and tested): a
+    ``path: 123`` in YAML is an error naming ``models.0.path``, not the path "123".
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -266,6 +279,20 @@ class TrackingConfig(Section):
     enabled: bool = True
 
 
+@with_config(ConfigDict(extra="forbid"))
+class ExtraCell(TypedDict):
+    """A cell outside the full matrix; strategy and objective default to the study's first.
+
+    A typed dict rather than a model, so it stays the plain mapping the matrix code reads, while
+    a wrong key or value fails with its key path (``extra_cells.1.strategy``).
+    """
+
+    model: str
+    strategy: NotRequired[Strategy]
+    objective: NotRequired[Objective]
+    rag: NotRequired[bool]
+
+
 class Study(Section):
     """A whole study: the matrix (models × strategies × objectives × rag) and every stage's settings."""
 
@@ -273,7 +300,7 @@ class Study(Section):
     models: list[ModelSpec] = Field(default_factory=list)
     strategies: list[Strategy] = Field(default_factory=lambda: ["lora"])
     objectives: list[Objective] = Field(default_factory=lambda: ["instruct"])
-    extra_cells: list[dict] = Field(
+    extra_cells: list[ExtraCell] = Field(
         default_factory=list,
         description="cells outside the full matrix, e.g. {model: s, strategy: lora, "
         "objective: causal, rag: true}",
@@ -302,6 +329,10 @@ class Study(Section):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")
+        for i, extra in enumerate(self.extra_cells):
+            if extra["model"] not in names:
+                raise ValueError(f"extra_cells.{i}.model: unknown model '{extra['model']}' "
+                                 f"(models: {', '.join(names) or 'none'})")
         return self
 
 
@@ -316,9 +347,12 @@ def load_study(path: str | Path) -> Study:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise TunelensError(f"{path}{where}: malformed YAML") from None
+        problem = getattr(exc, "problem", None)
+        raise TunelensError(f"{path}{where}: malformed YAML" + (f" ({problem})" if problem else "")) \
+            from None
     if not isinstance(raw, dict):
-        raise TunelensError(f"{path}: expected a mapping at the top level")
+        raise TunelensError(f"{path}: expected a mapping of sections at the top level, "
+                            f"got {type(raw).__name__}")
     return parse_study(raw, origin=str(path))
 
 
@@ -357,11 +391,13 @@ def default_of(section: type[BaseModel], field: str) -> str:
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem is too many for the CLI: report the first, with its key path."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown key '{loc}'"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"bad value for '{loc}': {err['msg']}{more}"
+    if not loc and err["type"] == "value_error":  # a check across keys names its keys itself
+        return str(err["ctx"]["error"]) + more
+    return f"bad value for '{loc or '(top level)'}': {err['msg']}{more}"
 
 
 def dump_study(study: Study) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 
 
-def exports(package: str, table: dict[str, str]):
-    """``__getattr__`` for ``package`` resolving each name of ``table`` from its module."""
+def exports(package: str, **modules: str):
+    """``(__all__, __getattr__)`` for ``package``: each keyword is a submodule (relative to the
+    package) and its value the space-separated names it exports, e.g.
+    ``exports(__name__, api="attribute", base="AttributionMethod Job register")``."""
+    table = {name: f"{package}.{module}" for module, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str):
         if name in table:
             return getattr(importlib.import_module(table[name]), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    return __getattr__
+    return sorted(table), __getattr__

@@ -2,46 +2,73 @@
 
 Orchestration is ours because no library ties these stages together: Hydra/MLflow Projects
 launch jobs but do not know that a RAG cell reuses the model of its non-RAG twin, that a stage is
-done only when its output *and* the settings that made it are unchanged, or that one failing cell
+done only when its output *and* everything that made it are unchanged, or that one failing cell
 must not stop the other eleven.
 
-Resumability: every stage output has a stamp in ``<out>/.stamps/`` holding a hash of the stage's
-inputs and settings. A stage is skipped when its output exists and its stamp matches; changing a
-setting re-runs exactly the stages it feeds. Outputs are written atomically by the stages, so an
-interrupted study leaves no half-written file that could be mistaken for a finished one.
+Resumability: every stage output has a stamp in ``<out>/.stamps/`` holding
+:func:`tunelens.fingerprint.fingerprint` of the stage's settings and of the *content* of every
+file it reads (an edited row of the source file re-runs the data stage and everything after it;
+a ``touch`` re-runs nothing). A stage is skipped when its output exists and its stamp matches.
+Outputs are written atomically by the stages, so an interrupted study leaves no half-written
+file that could be mistaken for a finished one.
+
+Before any work the runner checks what it can (the matrix is not empty, every model path can
+be found, the folder can be written); while the study runs it holds the folder's lock and its
+own SIGINT handler (:mod:`tunelens.guard`) and a parent MLflow run
+(:func:`tunelens.train.tracking.track_study`). Every path comes from
+:class:`~tunelens.layout.StudyLayout`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import inspect
+import re
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelens.config import ModelSpec, Study, dump_study
+from tunelens.config import ModelSpec, Study, TrackingConfig, dump_study
 from tunelens.errors import TunelensError
-from tunelens.io import write_json, write_text
-from tunelens.layout import RunIdentity
+from tunelens.fingerprint import fingerprint
+from tunelens.guard import Interrupts, check_study_folder, study_lock
+from tunelens.io import read_json, read_jsonl, write_json, write_text
+from tunelens.layout import RunIdentity, StudyLayout
 
 STAGES = ("train", "generate", "evaluate", "explain")
 ZOO_PREFIX = "zoo:"
+# What the bundled dataset is generated from: its stamp hashes this folder's content.
+BUNDLED_SOURCE = Path(__file__).parent / "data" / "compliance"
+# What explain reads of a predictions row when its target is the reference (not the prediction).
+REFERENCE_FIELDS = ("id", "prompt", "rendered_prompt", "reference", "completion")
+# A hub id is ``name`` or ``owner/name``; any other model path names a local folder or file.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the matrix. RAG cells share the trained model of their non-RAG twin."""
+    """One cell of the matrix: a base model and who the run is. RAG cells share the trained
+    model of their non-RAG twin."""
 
     model: ModelSpec
-    strategy: str
-    objective: str
-    rag: bool = False
+    identity: RunIdentity
+
+    @classmethod
+    def of(cls, model: ModelSpec, strategy: str, objective: str, rag: bool = False) -> Cell:
+        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag)))
 
     @property
-    def identity(self) -> RunIdentity:
-        return RunIdentity(self.model.name, self.strategy, self.objective, self.rag)
+    def strategy(self) -> str:
+        return self.identity.strategy
+
+    @property
+    def objective(self) -> str:
+        return self.identity.objective
+
+    @property
+    def rag(self) -> bool:
+        return self.identity.rag
 
     @property
     def name(self) -> str:
@@ -54,67 +81,102 @@ class Cell:
 
 @dataclass
 class CellStatus:
-    run: str
+    identity: RunIdentity
     status: str = "pending"  # ok | failed | pending
     error: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
+    @property
+    def run(self) -> str:
+        return self.identity.name
 
-def expand_matrix(study: Study) -> list[Cell]:
-    """models × strategies × objectives × rag, then ``extra_cells``; duplicates dropped, order kept."""
+    def to_dict(self) -> dict:
+        """A cell of ``status.json``: the run's identity fields, then how it went."""
+        who = {k: v for k, v in self.identity.to_dict().items() if k != "name"}
+        return {"run": self.run, **who, "status": self.status, "error": self.error,
+                "stages": self.stages, "skipped": self.skipped}
+
+
+def expand_matrix(study: Study, origin: str = "study") -> list[Cell]:
+    """models × strategies × objectives × rag, then ``extra_cells``; duplicates dropped, order kept.
+
+    Strategy, objective and rag values are validated by the config (from the registries in
+    :mod:`tunelens.train.catalog`); a study with no cell is refused here, before anything runs.
+    """
     models = {m.name: m for m in study.models}
-    cells: list[Cell] = []
-    for m in study.models:
-        for s in study.strategies:
-            for o in study.objectives:
-                for r in study.rag.enabled:
-                    cells.append(Cell(m, s, o, r))
+    cells = [Cell.of(m, s, o, r) for m in study.models for s in study.strategies
+             for o in study.objectives for r in study.rag.enabled]
     for i, extra in enumerate(study.extra_cells):
-        unknown = set(extra) - {"model", "strategy", "objective", "rag"}
-        if unknown or "model" not in extra:
-            raise TunelensError(f"extra_cells.{i}: expected keys model, strategy, objective, rag")
-        if extra["model"] not in models:
-            raise TunelensError(f"extra_cells.{i}.model: unknown model '{extra['model']}'")
-        cells.append(Cell(models[extra["model"]], extra.get("strategy", study.strategies[0]),
-                          extra.get("objective", study.objectives[0]), bool(extra.get("rag", False))))
+        if extra.get("model") not in models:
+            raise TunelensError(f"{origin}: extra_cells.{i}.model: unknown model "
+                                f"'{extra.get('model')}' (models: {', '.join(models) or 'none'})")
+        cells.append(Cell.of(models[extra["model"]], extra.get("strategy", study.strategies[0]),
+                             extra.get("objective", study.objectives[0]), extra.get("rag", False)))
+    if not cells:
+        raise TunelensError(f"{origin}: the study has no cells: list at least one model under "
+                            "'models'")
     seen: set[str] = set()
-    unique = [c for c in cells if not (c.name in seen or seen.add(c.name))]
-    for c in unique:
-        if c.strategy not in ("full", "lora", "qlora", "dora", "freeze"):
-            raise TunelensError(f"{c.name}: unknown strategy '{c.strategy}'")
-        if c.objective not in ("instruct", "causal"):
-            raise TunelensError(f"{c.name}: unknown objective '{c.objective}'")
-    return unique
-
-
-def fingerprint(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return [c for c in cells if not (c.name in seen or seen.add(c.name))]
 
 
 class Stamps:
     """Per-output stamps: a stage is done when its output exists and its stamp matches."""
 
-    def __init__(self, root: Path):
-        self.root = root / ".stamps"
+    def __init__(self, folder: Path):
+        self.root = Path(folder)
 
     def done(self, key: str, output: Path, stamp: str) -> bool:
         f = self.root / f"{key}.json"
-        return output.exists() and f.exists() and json.loads(f.read_text()).get("stamp") == stamp
+        if not (output.exists() and f.exists()):
+            return False
+        try:
+            return read_json(f).get("stamp") == stamp
+        except (TunelensError, AttributeError):  # unreadable: no stamp, the stage runs again
+            return False
 
     def mark(self, key: str, stamp: str) -> None:
         write_json(self.root / f"{key}.json", {"stamp": stamp, "time": time.time()})
 
 
+# -- checks made before any work -------------------------------------------------------------
+
+def zoo_reference(spec: ModelSpec, origin: str = "study") -> tuple[str, str]:
+    """``(preset, name)`` of a ``zoo:<preset>/<name>`` path, or one line naming the model."""
+    preset, _, name = spec.path[len(ZOO_PREFIX):].partition("/")
+    if not preset or not name:
+        raise TunelensError(f"{origin}: models.{spec.name}.path: expected zoo:<preset>/<name>, "
+                            f"got {spec.path}")
+    return preset, name
+
+
+def check_model_paths(study: Study, origin: str = "study") -> None:
+    """Every base model must be findable before the data stage: a zoo reference names a preset
+    and a rung of it, a local path exists (a hub id is looked up when the model is loaded)."""
+    for spec in study.models:
+        where = f"{origin}: models.{spec.name}.path"
+        if spec.path.startswith(ZOO_PREFIX):
+            preset, name = zoo_reference(spec, origin)
+            from tunelens.models.zoo import PRESETS
+
+            if preset not in PRESETS:
+                raise TunelensError(f"{where}: unknown zoo preset '{preset}' in {spec.path} "
+                                    f"(presets: {', '.join(PRESETS)})")
+            rungs = [r.name for r in PRESETS[preset].rungs]
+            if name not in rungs:
+                raise TunelensError(f"{where}: no model '{name}' in zoo preset '{preset}' "
+                                    f"({', '.join(rungs)})")
+        elif not Path(spec.path).expanduser().exists() and not HUB_ID.match(spec.path):
+            raise TunelensError(f"{where}: {spec.path}: no such model folder")
+
+
+# -- zoo models and the estimate -------------------------------------------------------------
+
 def resolve_model_path(spec: ModelSpec, zoo_root: Path) -> str:
     """``zoo:<preset>/<name>`` names a ladder model, built on first use; anything else is as given."""
     if not spec.path.startswith(ZOO_PREFIX):
         return spec.path
-    ref = spec.path[len(ZOO_PREFIX):]
-    preset, _, name = ref.partition("/")
-    if not name:
-        raise TunelensError(f"models.{spec.name}.path: expected zoo:<preset>/<name>, got {spec.path}")
+    preset, name = zoo_reference(spec)
     from tunelens.models.zoo import build_zoo
 
     entries = build_zoo(preset, zoo_root / preset)
@@ -147,29 +209,46 @@ def default_zoo_root() -> Path:
     return Path.home() / ".cache" / "tunelens" / "zoo"
 
 
+def reference_view(predictions: Path) -> str:
+    """A fingerprint of what explain reads of a predictions file when it explains the reference:
+    a new prediction text must not re-run attribution of the same prompts and references."""
+    rows = read_jsonl(predictions)
+    return fingerprint([{k: row.get(k) for k in REFERENCE_FIELDS} for row in rows])
+
+
+# -- the runner --------------------------------------------------------------------------------
+
 @dataclass
 class StudyRunner:
-    """Runs a study into ``out``; ``on_event(cell, stage, state)`` feeds a live progress view."""
+    """Runs a study into ``out``; ``on_event(cell, stage, state)`` feeds a live progress view.
+
+    ``origin`` names the study file in error messages.
+    """
 
     study: Study
     out: Path
     zoo_root: Path = field(default_factory=default_zoo_root)
     on_event: Callable[[str, str, str], None] = lambda cell, stage, state: None
+    origin: str = "study"
 
     def __post_init__(self):
         self.out = Path(self.out)
-        self.stamps = Stamps(self.out)
+        self.layout = StudyLayout(self.out)
+        self.stamps = Stamps(self.layout.stamps)
         self.timings: dict[str, float] = {}
+        self.interrupts = Interrupts()
         self._model_paths: dict[str, str] = {}
-        self.rag_stamp: str | None = None  # the index's stamp: RAG cells regenerate when it changes
+
+    def event(self, cell: str, stage: str, state: str) -> None:
+        """Report progress; a Ctrl-C that a library swallowed stops the study here."""
+        self.interrupts.check()
+        self.on_event(cell, stage, state)
 
     def model_path(self, spec: ModelSpec) -> str:
         """The base model's path, building zoo models once per study run (timed as 'zoo')."""
         if spec.name not in self._model_paths:
             self._model_paths[spec.name] = self._timed("zoo", resolve_model_path, spec, self.zoo_root)
         return self._model_paths[spec.name]
-
-    # -- stages ------------------------------------------------------------------------------
 
     def _timed(self, stage: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -178,14 +257,16 @@ class StudyRunner:
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
+    # -- study-wide stages ---------------------------------------------------------------------
+
     def prepare_data(self) -> Path:
-        data_dir = self.out / "data"
-        cfg = self.study.data
-        stamp = fingerprint("data", cfg.model_dump())
+        data_dir, cfg = self.layout.data, self.study.data
+        source = BUNDLED_SOURCE if cfg.source == "bundled" else Path(cfg.source)
+        stamp = fingerprint("data", cfg.model_dump(mode="json"), files=[source])
         if self.stamps.done("data", data_dir / "test.jsonl", stamp):
-            self.on_event("data", "data", "skipped")
+            self.event("data", "data", "skipped")
             return data_dir
-        self.on_event("data", "data", "running")
+        self.event("data", "data", "running")
         if cfg.source == "bundled":
             from tunelens.data.build import build_bundled
 
@@ -193,153 +274,165 @@ class StudyRunner:
         else:
             from tunelens.data.prepare import prepare
 
-            self._timed("data", prepare, Path(cfg.source), data_dir, cfg)
+            self._timed("data", prepare, source, data_dir, cfg)
         self.stamps.mark("data", stamp)
-        self.on_event("data", "data", "done")
+        self.event("data", "data", "done")
         return data_dir
 
     def rag_index(self, data_dir: Path) -> Path:
-        index_dir = self.out / "rag"
-        corpus = Path(self.study.rag.corpus) if self.study.rag.corpus else data_dir / "train.jsonl"
-        stamp = fingerprint("rag", self.study.rag.model_dump(), _file_hash(corpus))
-        self.rag_stamp = stamp
+        index_dir, cfg = self.layout.rag, self.study.rag
+        corpus = Path(cfg.corpus) if cfg.corpus else data_dir / "train.jsonl"
+        files = [corpus]
+        if cfg.embedding_model and Path(cfg.embedding_model).is_dir():
+            files.append(Path(cfg.embedding_model))
+        stamp = fingerprint("rag", cfg.model_dump(mode="json", exclude={"enabled", "k"}),
+                            files=files)
         if not self.stamps.done("rag", index_dir, stamp):
             from tunelens.infer.rag import build_index
 
-            self.on_event("rag", "rag", "running")
-            self._timed("rag", build_index, corpus, index_dir, self.study.rag.embedding_model)
+            self.event("rag", "rag", "running")
+            self._timed("rag", build_index, corpus, index_dir, cfg.embedding_model)
             self.stamps.mark("rag", stamp)
-            self.on_event("rag", "rag", "done")
+            self.event("rag", "rag", "done")
         return index_dir
 
+    # -- one cell --------------------------------------------------------------------------------
+
+    def _stage(self, cell: Cell, status: CellStatus, name: str, output: Path,
+               stamp_of: Callable[[], str], fn: Callable[[], object]) -> None:
+        """Run one stage of a cell unless its output exists with the stamp of its current inputs.
+
+        The stamp is computed just before the stage, from the content of its inputs as they are
+        now (a model trained a moment ago by the stage before is hashed as written).
+        """
+        key = f"{name}__{cell.train_name if name == 'train' else cell.name}"
+        stamp = stamp_of()
+        if self.stamps.done(key, output, stamp):
+            status.skipped.append(name)
+            self.event(cell.name, name, "skipped")
+            return
+        self.event(cell.name, name, "running")
+        t0 = time.perf_counter()
+        self._timed(name, fn)
+        status.stages[name] = round(time.perf_counter() - t0, 2)
+        self.stamps.mark(key, stamp)
+        self.event(cell.name, name, "done")
+
     def run_cell(self, cell: Cell, data_dir: Path, rag_dir: Path | None, status: CellStatus,
-                 tracking) -> None:
-        s = self.study
-        data_stamp = _file_hash(data_dir / "train.jsonl") + _file_hash(data_dir / "test.jsonl")
-        model_dir = self.out / "models" / cell.train_name
-        base_path = self.model_path(cell.model)
-        train_stamp = fingerprint("train", base_path, cell.strategy, cell.objective,
-                                  s.train.model_dump(), data_stamp)
-        pred = self.out / "predictions" / f"{cell.name}.jsonl"
-        gen_stamp = fingerprint("generate", train_stamp, s.generation.model_dump(), cell.rag,
-                                self.rag_stamp if cell.rag else None)
-        metrics = self.out / "metrics" / f"{cell.name}.json"
-        eval_stamp = fingerprint("evaluate", gen_stamp, s.evaluation.model_dump())
-        attr = self.out / "attributions" / f"{cell.name}.parquet"
-        explain_stamp = fingerprint("explain", gen_stamp, s.explanation.model_dump())
-
-        def stage(name: str, key: str, output: Path, stamp: str, fn) -> None:
-            if self.stamps.done(key, output, stamp):
-                status.skipped.append(name)
-                self.on_event(cell.name, name, "skipped")
-                return
-            self.on_event(cell.name, name, "running")
-            t0 = time.perf_counter()
-            self._timed(name, fn)
-            status.stages[name] = round(time.perf_counter() - t0, 2)
-            self.stamps.mark(key, stamp)
-            self.on_event(cell.name, name, "done")
-
+                 tracking: TrackingConfig | None) -> None:
         from tunelens.evaluate import evaluate
         from tunelens.explain import explain_run
         from tunelens.infer.generate import generate_predictions
+
+        s, run, layout = self.study, cell.identity, self.layout
+        base = self.model_path(cell.model)
+        model_dir, pred = layout.model_dir(run), layout.predictions(run)
+        metrics, attr = layout.metrics(run), layout.attributions(run)
+        rag = rag_dir if cell.rag else None
+        test = data_dir / "test.jsonl"
+        stage = self._stage
+        stage(cell, status, "train", model_dir / "run.json",
+              lambda: self._train_stamp(cell, base, data_dir),
+              lambda: self._train(cell, base, data_dir, model_dir, tracking))
+        stage(cell, status, "generate", pred,
+              lambda: fingerprint("generate", s.generation.model_dump(mode="json"),
+                                  s.rag.k if rag else None,
+                                  files=[model_dir, test] + ([rag] if rag else [])),
+              lambda: generate_predictions(str(model_dir), test, pred, config=s.generation,
+                                           rag_index=rag, rag_k=s.rag.k if rag else None,
+                                           progress=False))
+        stage(cell, status, "evaluate", metrics,
+              lambda: fingerprint("evaluate", s.evaluation.model_dump(mode="json"), files=[pred]),
+              lambda: evaluate(pred, metrics, config=s.evaluation, progress=False))
+        stage(cell, status, "explain", attr, lambda: self._explain_stamp(model_dir, pred),
+              lambda: explain_run(str(model_dir), pred, attr, config=s.explanation,
+                                  progress=False))
+
+    def _train_stamp(self, cell: Cell, base: str, data_dir: Path) -> str:
+        local = Path(base).exists()  # a local model is known by its content, a hub id by its name
+        files = ([Path(base)] if local else []) + [data_dir / "train.jsonl", data_dir / "val.jsonl"]
+        return fingerprint("train", None if local else base, cell.strategy, cell.objective,
+                           self.study.train.model_dump(mode="json"), files=files)
+
+    def _explain_stamp(self, model_dir: Path, pred: Path) -> str:
+        cfg = self.study.explanation.model_dump(mode="json")
+        if self.study.explanation.target == "reference":
+            return fingerprint("explain", cfg, reference_view(pred), files=[model_dir])
+        return fingerprint("explain", cfg, files=[model_dir, pred])
+
+    def _train(self, cell: Cell, base: str, data_dir: Path, model_dir: Path,
+               tracking: TrackingConfig | None) -> None:
         from tunelens.train import train
 
-        stage("train", f"train__{cell.train_name}", model_dir / "run.json", train_stamp,
-              lambda: train(base_path, data_dir, model_dir, cell.strategy, cell.objective,
-                            config=s.train, tracking=tracking, run_name=cell.train_name))
-        stage("generate", f"generate__{cell.name}", pred, gen_stamp,
-              lambda: generate_predictions(str(model_dir), data_dir / "test.jsonl", pred,
-                                           config=s.generation,
-                                           rag_index=rag_dir if cell.rag else None,
-                                           rag_k=s.rag.k if cell.rag else None))
-        stage("evaluate", f"evaluate__{cell.name}", metrics, eval_stamp,
-              lambda: evaluate(pred, metrics, config=s.evaluation))
-        stage("explain", f"explain__{cell.name}", attr, explain_stamp,
-              lambda: explain_run(str(model_dir), pred, attr, config=s.explanation))
+        extra = {}
+        if "identity" in inspect.signature(train).parameters:  # run.json records who the run is
+            extra["identity"] = cell.identity.to_dict()
+        train(base, data_dir, model_dir, cell.strategy, cell.objective, config=self.study.train,
+              tracking=tracking, run_name=cell.train_name, **extra)
 
-    # -- the whole study ---------------------------------------------------------------------
+    # -- the whole study -------------------------------------------------------------------------
 
     def run(self) -> list[CellStatus]:
+        """Run every cell; return their statuses (a failing cell is recorded, the rest go on).
+
+        Everything that can be checked without work is checked before anything is written.
+        Raises KeyboardInterrupt when interrupted (rerun to resume).
+        """
+        from tunelens.train.tracking import track_study
+
+        cells = expand_matrix(self.study, self.origin)
+        check_model_paths(self.study, self.origin)
+        check_study_folder(self.layout)
         self.out.mkdir(parents=True, exist_ok=True)
-        write_text(self.out / "study.yaml", dump_study(self.study))
-        cells = expand_matrix(self.study)
-        if not cells:
-            raise TunelensError("the study has no cells: list at least one model under 'models'")
-        data_dir = self.prepare_data()
-        rag_dir = self.rag_index(data_dir) if any(c.rag for c in cells) else None
-        statuses = [CellStatus(c.name) for c in cells]
-        with _tracking(self.study, self.out) as tracking:
-            for cell, st in zip(cells, statuses, strict=True):
-                try:
-                    self.run_cell(cell, data_dir, rag_dir, st, tracking)
-                    st.status = "ok"
-                except KeyboardInterrupt:
-                    st.status, st.error = "failed", "interrupted"
-                    self._write_status(statuses)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest go on
-                    st.status = "failed"
-                    st.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    (self.out / "logs").mkdir(exist_ok=True)
-                    write_text(self.out / "logs" / f"{cell.name}.txt", traceback.format_exc())
-                    self.on_event(cell.name, "cell", "failed")
-                self._write_status(statuses)
-        self._finish(statuses)
+        with study_lock(self.layout), self.interrupts:
+            write_text(self.layout.study_yaml, dump_study(self.study))
+            for cell in cells:
+                self.layout.write_identity(cell.identity)
+            data_dir = self.prepare_data()
+            rag_dir = self.rag_index(data_dir) if any(c.rag for c in cells) else None
+            statuses = [CellStatus(c.identity) for c in cells]
+            with track_study(self.study, self.layout) as tracking:
+                for cell, st in zip(cells, statuses, strict=True):
+                    self._run_one(cell, st, statuses, data_dir, rag_dir, tracking)
+            self._finish(statuses)
         return statuses
 
+    def _run_one(self, cell: Cell, st: CellStatus, statuses: list[CellStatus], data_dir: Path,
+                 rag_dir: Path | None, tracking: TrackingConfig | None) -> None:
+        try:
+            self.run_cell(cell, data_dir, rag_dir, st, tracking)
+            st.status = "ok"
+        except KeyboardInterrupt:
+            st.status, st.error = "failed", "interrupted"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest go on
+            st.status = "failed"
+            st.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            write_text(self.layout.log(cell.identity), traceback.format_exc())
+            self.event(cell.name, "cell", "failed")
+        finally:
+            self._write_status(statuses)
+
     def _finish(self, statuses: list[CellStatus]) -> None:
+        """Compare and report the cells that worked; with none, there is nothing to compare."""
         from tunelens.compare import compare_study
         from tunelens.report import write_report
 
         if not any(st.status == "ok" for st in statuses):
-            raise TunelensError("every cell failed; see the logs/ folder of the study")
-        self.on_event("study", "compare", "running")
+            return
+        self.event("study", "compare", "running")
         self._timed("compare", compare_study, self.out, self.study.comparison)
-        self.on_event("study", "compare", "done")
-        self.on_event("study", "report", "running")
+        self.event("study", "compare", "done")
+        self.event("study", "report", "running")
         self._timed("report", write_report, self.out, self.study.report)
-        self.on_event("study", "report", "done")
+        self.event("study", "report", "done")
         self._write_status(statuses)
 
     def _write_status(self, statuses: list[CellStatus]) -> None:
-        write_json(self.out / "status.json", {
-            "cells": [st.__dict__ for st in statuses],
+        write_json(self.layout.status, {
+            "cells": [st.to_dict() for st in statuses],
             "stage_seconds": {k: round(v, 2) for k, v in self.timings.items()},
         })
-
-
-class _tracking:
-    """A parent MLflow run for the study; stages log their own runs nested under it."""
-
-    def __init__(self, study: Study, out: Path):
-        self.study, self.out = study, out
-
-    def __enter__(self):
-        import mlflow
-
-        uri = self.study.tracking.uri or f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(self.study.tracking.experiment or self.study.name)
-        self.run = mlflow.start_run(run_name=f"study:{self.study.name}")
-        mlflow.log_params({"models": ",".join(m.name for m in self.study.models),
-                           "strategies": ",".join(self.study.strategies),
-                           "objectives": ",".join(self.study.objectives)})
-        return self.study.tracking.model_copy(update={"uri": uri})
-
-    def __exit__(self, exc_type, exc, tb):
-        import mlflow
-
-        mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
-        return False
-
-
-def _file_hash(path: Path) -> str:
-    if not path.exists():
-        return "missing"
-    if path.is_dir():
-        return fingerprint(sorted((p.name, p.stat().st_size) for p in path.iterdir()))
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def bundled_example(name: str) -> Path:

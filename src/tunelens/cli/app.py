@@ -2,20 +2,27 @@
 
 The ``tunelens`` command: each verb parses its flags, calls one public function, prints a summary.
 
-No logic lives here beyond turning flags into arguments and results into rich tables. A
-:class:`~tunelens.errors.TunelensError` becomes one red line on stderr and exit code 2.
+No logic lives here beyond turning flags into arguments and results into rich tables. Exit
+codes (:func:`main`): 0 done; 1 ran but some cells failed; 2 bad input or refused (a
+:class:`~tunelens.errors.TunelensError` becomes one red line on stderr, a usage error Typer's
+message); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
-from typer._click.exceptions import TyperException
 
 from tunelens.errors import TunelensError
+
+try:  # recent typer vendors click; its usage errors derive from the public TyperException
+    from typer import TyperException as UsageProblem
+except ImportError:  # older typer raises click's own (click was then its dependency)
+    from click.exceptions import ClickException as UsageProblem
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,15 +46,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(rag_app, name="rag")
 
-OUT_HELP = "Output path; written atomically (nothing half-written on failure)."
-
-
-def _existing(path: Path, what: str = "file") -> Path:
-    if not path.exists():
-        raise TunelensError(f"{path}: no such {what}")
-    return path
-
-
 
 def _quiet_libraries() -> None:
     """Our own progress bars and tables are the output: silence the libraries' bars and chatter."""
@@ -67,24 +65,33 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
+    """Entry point: run the app and return its exit code (0, 1, 2 or 130, see the module doc).
+
+    Typer, run with ``standalone_mode=False``, *returns* the code of a ``typer.Exit`` and of a
+    Ctrl-C (130) instead of exiting, so the value it returns is the exit code.
+    """
     import tunelens.cli  # noqa: F401  (registers every verb)
 
     _quiet_libraries()
     try:
-        app(args=argv, prog_name="tunelens", standalone_mode=False)
+        code = app(args=argv, prog_name="tunelens", standalone_mode=False)
     except TunelensError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
-    except typer.Abort:
-        err_console.print("[bold red]aborted[/]")
-        return 130
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
     except typer.Exit as exc:
+        code = exc.exit_code
+    except UsageProblem as exc:  # unknown command, bad option value, ...
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            err_console.print(f"error: {exc.format_message()}", highlight=False)
         return exc.exit_code
-    except TyperException as exc:  # usage errors: unknown command, bad option value, ...
-        exc.show()
-        return exc.exit_code
-    return 0
+    code = code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
+    if code == EXIT_INTERRUPTED:
+        err_console.print("[bold red]interrupted[/]")
+    return code
 
 
 def entry() -> None:

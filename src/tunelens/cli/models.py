@@ -6,8 +6,12 @@ from pathlib import Path
 
 import typer
 
-from tunelens.cli.app import OUT_HELP, _existing, app, console, err_console, zoo_app
+from tunelens.cli import options as opt
+from tunelens.cli.app import app, console, err_console, zoo_app
+from tunelens.config import TrackingConfig, TrainConfig, default_of, override
 from tunelens.errors import TunelensError
+from tunelens.format import choices, number
+from tunelens.train.catalog import OBJECTIVES, STRATEGIES
 
 
 @zoo_app.command("build")
@@ -15,66 +19,57 @@ def zoo_build_cmd(
     preset: str = typer.Option(..., "--preset", help="Ladder recipe: 'quick' (4 models, ~19k to "
                                "~0.8M parameters, seconds; for tests) or 'demo' (4 models, ~40k "
                                "to ~2.1M parameters, a minute or two; for the demo study)."),
-    out: Path = typer.Option(..., "--out", help="Zoo folder: one checkpoint per model plus "
-                             "ladder.json. " + OUT_HELP),
+    out: Path = opt.out_option("Zoo folder: one checkpoint per model plus ladder.json."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if --out already holds an "
                                "identical build (same preset, corpus, code and libraries)."),
+    threads: int = opt.threads_option(),
 ) -> None:
     """Train a BPE tokenizer and a ladder of small Llama models from scratch on the bundled
     corpus; each is saved as a checkpoint that AutoModelForCausalLM loads unchanged."""
-    from rich.table import Table
+    opt.writable_out(out, "dir")
+    opt.set_threads(threads)
+    # TODO(integrator): drop the guard once build_zoo takes ``threads`` (requested from H5): today
+    # pre-training pins torch to one thread, so --threads reaches only what runs around it.
+    import inspect
 
     from tunelens.models.zoo import build_zoo
 
-    entries = build_zoo(preset, out, force=force)
-    table = Table(title=f"zoo '{preset}' in {out}")
-    for col in ("name", "params", "tokens seen", "final loss", "seconds"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for e in entries:
-        table.add_row(e["name"], f"{e['params']:,}", f"{e['tokens_seen']:,}",
-                      f"{e['final_loss']:.3f}", f"{e['seconds']:.1f}")
-    console.print(table)
+    more = {"threads": threads} if "threads" in inspect.signature(build_zoo).parameters else {}
+    entries = build_zoo(preset, out, force=force, **more)
+    opt.print_table(f"zoo '{preset}' in {out}", ("name", "params", "tokens seen", "final loss",
+                                                "seconds"),
+                    ((e["name"], e["params"], e["tokens_seen"], e["final_loss"],
+                      number(e["seconds"], 1)) for e in entries), left=1)
 
 
 @app.command("train")
 def train_cmd(
     model: str = typer.Option(..., "--model", help="Base model: a local checkpoint folder or a "
-                              "Hugging Face hub id (needs the hub or its cache)."),
+                              "hub id (needs the hub or its cache)."),
     data: Path = typer.Option(..., "--data", help="Folder with train.jsonl and val.jsonl (rows: "
                               "id, topic, source, prompt, completion)."),
-    strategy: str = typer.Option(..., "--strategy", help="full | lora | qlora (4-bit NF4 base + "
-                                 "LoRA) | dora | freeze (train only the top layers and the head)."),
-    objective: str = typer.Option(..., "--objective", help="instruct (prompt -> completion, loss "
-                                  "on the completion only) | causal (loss on every token, packed)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: adapter or weights, tokenizer, "
-                             "run.json. " + OUT_HELP),
+    strategy: str = typer.Option(..., "--strategy", help=choices(STRATEGIES) + "."),
+    objective: str = typer.Option(..., "--objective", help=choices(OBJECTIVES) + "."),
+    out: Path = opt.out_option("Run folder: adapter or weights, tokenizer, run.json."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps "
-                                         "(default: train.max_steps of the config)."),
-    config: Path | None = typer.Option(None, "--config", help="Study YAML whose 'train' and "
-                                       "'tracking' sections are used (default: built-in defaults)."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
-                                            "(default: sqlite:///<study>/mlflow.db for --out "
-                                            "<study>/models/<run>, else mlflow.db beside --out)."),
+                                         + default_of(TrainConfig, "max_steps") + "."),
+    config: Path | None = opt.config_option("'train' and 'tracking' sections"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TrackingConfig.model_fields[
+        "uri"].description + "."),
     run_name: str | None = typer.Option(None, "--run-name", help="MLflow run name (default: the "
                                         "name of --out)."),
+    threads: int = opt.threads_option(),
 ) -> None:
     """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes."""
-    from rich.table import Table
-
-    from tunelens.config import TrackingConfig, TrainConfig, load_study, parse_study
+    opt.check_choice(strategy, STRATEGIES, "--strategy")
+    opt.check_choice(objective, OBJECTIVES, "--objective")
+    opt.writable_out(out, "dir")
+    train_cfg = override(opt.section(config, "train"), origin="train", max_steps=max_steps)
+    tracking_cfg = override(opt.section(config, "tracking"), origin="train", uri=tracking_uri)
+    opt.existing(data, "folder")
+    opt.set_threads(threads)
     from tunelens.train import train
 
-    study = load_study(config) if config else None
-    train_cfg = study.train if study else TrainConfig()
-    tracking_cfg = study.tracking if study else TrackingConfig()
-    if max_steps is not None or tracking_uri is not None:
-        raw = {"train": train_cfg.model_dump(), "tracking": tracking_cfg.model_dump()}
-        if max_steps is not None:
-            raw["train"]["max_steps"] = max_steps
-        if tracking_uri is not None:
-            raw["tracking"]["uri"] = tracking_uri
-        merged = parse_study(raw, origin="command line")
-        train_cfg, tracking_cfg = merged.train, merged.tracking
     try:
         info = train(model, data, out, strategy, objective, config=train_cfg, tracking=tracking_cfg,
                      run_name=run_name, progress=True)
@@ -82,20 +77,20 @@ def train_cmd(
         err_console.print(f"[bold yellow]interrupted:[/] checkpoint saved under {out.parent}/"
                           f".{out.name}.partial; rerun the same command to resume")
         raise typer.Abort() from None  # main() turns it into exit code 130
-    table = Table(title=f"{strategy}/{objective} -> {out}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    _print_run(info, f"{strategy}/{objective} -> {out}")
+
+
+def _print_run(info: dict, title: str) -> None:
     rows = [("trainable / total params", f"{info['trainable_params']:,} / {info['total_params']:,}"),
-            ("steps", str(info["global_step"])),
-            ("val loss before -> after", f"{info['val_loss_before']:.4f} -> {info['val_loss_after']:.4f}"),
-            ("wall seconds", f"{info['wall_seconds']:.1f}"),
-            ("tokens / s", f"{info['tokens_per_second'] or 0:,.0f}"),
-            ("peak RSS MB", f"{info['peak_rss_mb']:,.0f}")]
+            ("steps", info["global_step"]),
+            ("val loss before -> after",
+             f"{number(info['val_loss_before'], 4)} -> {number(info['val_loss_after'], 4)}"),
+            ("wall seconds", number(info["wall_seconds"], 1)),
+            ("tokens / s", number(info["tokens_per_second"], 0)),
+            ("peak RSS MB", number(info["peak_rss_mb"], 0))]
     if info.get("mlflow"):
         rows.append(("MLflow", f"{info['mlflow']['tracking_uri']} run {info['mlflow']['run_id']}"))
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    opt.print_table(title, ("measure", "value"), rows, left=1)
 
 
 @app.command("export")
@@ -103,12 +98,16 @@ def export_cmd(
     model: Path = typer.Option(..., "--model", help="A finished training run folder (with run.json)."),
     merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge adapter weights into the base "
                                "(qlora: into the de-quantized fp32 base). The only export mode."),
-    out: Path = typer.Option(..., "--out", help="Standalone checkpoint folder. " + OUT_HELP),
+    out: Path = opt.out_option("Standalone checkpoint folder."),
+    threads: int = opt.threads_option(),
 ) -> None:
     """Write a standalone checkpoint (no PEFT needed) from a training run."""
-    from tunelens.train import export_merged
-
     if not merge:
         raise TunelensError("export: only merged export exists; pass --merge")
-    path = export_merged(_existing(model, "folder"), out)
+    opt.existing(model, "folder")
+    opt.writable_out(out, "dir")
+    opt.set_threads(threads)
+    from tunelens.train import export_merged
+
+    path = export_merged(model, out)
     console.print(f"merged checkpoint written to [bold]{path}[/]")

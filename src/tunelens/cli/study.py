@@ -6,34 +6,26 @@ from pathlib import Path
 
 import typer
 
-from tunelens.cli.app import OUT_HELP, _existing, app, console, err_console
+from tunelens.cli.app import EXIT_CELLS_FAILED, app, console, err_console
+from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option
+from tunelens.format import DASH, interval_of, number, p_value
+from tunelens.study import STAGES
+
+EXIT_CODES_HELP = ("Exit codes: 0 every cell ran; 1 some cells failed (listed on stderr, "
+                   "tracebacks in <out>/logs/); 2 bad input, or the study folder is in use by "
+                   "another run; 130 interrupted (rerun the same command to resume).")
 
 
 def _study_config(study_dir: Path, config: Path | None):
     """The study's settings: --config if given, else the study folder's study.yaml, else defaults."""
     from tunelens.config import Study, load_study
+    from tunelens.layout import StudyLayout
 
     if config is not None:
-        return load_study(_existing(config))
-    if (study_dir / "study.yaml").exists():
-        return load_study(study_dir / "study.yaml")
+        return load_study(existing(config))
+    if StudyLayout(study_dir).study_yaml.exists():
+        return load_study(StudyLayout(study_dir).study_yaml)
     return Study()
-
-
-def _fmt(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}g}" if abs(x) >= 1000 else f"{x:.{digits}f}"
-
-
-def _ci(d: dict | None) -> str:
-    if not d or d.get("mean") is None:
-        return "–"
-    if d.get("lo") is None:
-        return _fmt(d["mean"])
-    return f"{_fmt(d['mean'])} [{_fmt(d['lo'])}, {_fmt(d['hi'])}]"
-
-
-def _p(p: float | None) -> str:
-    return "–" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 @app.command("compare")
@@ -48,70 +40,100 @@ def compare_cmd(
     """Compare the runs of a study: attribution concentration, category shares, paired tests of
     distinctness across strategies (Friedman, Wilcoxon + Holm, rank-biserial, permutation),
     agreement between runs against the seed-to-seed floor, and scale curves over model size."""
+    existing(study, "study folder")
+    cfg = _study_config(study, config).comparison
+    result = _compare_with_bar(study, cfg, out)
+    _print_concentration(result, cfg)
+    _print_tests(result, cfg)
+    _print_scale(result)
+    _print_floor_and_failures(result)
+    console.print(f"statistics: {out or study / 'stats'}")
+
+
+def _compare_with_bar(study: Path, cfg, out: Path | None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.table import Table
 
     from tunelens.compare import STEPS, compare_study
 
-    _existing(study, "study folder")
-    cfg = _study_config(study, config).comparison
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("compare", total=len(STEPS))
-        result = compare_study(study, cfg, out=out,
-                               progress=lambda step: bar.update(task, advance=1, description=step))
+        return compare_study(study, cfg, out=out,
+                             progress=lambda step: bar.update(task, advance=1, description=step))
 
+
+def _table(title: str, columns: tuple[str, ...], right_from: int | None = None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if right_from is not None and i >= right_from
+                         else "left")
+    return table
+
+
+def _print_concentration(result: dict, cfg) -> None:
     conc = result["concentration"]["per_run"]
-    if conc:
-        t = Table(title=f"attribution concentration (mean [{cfg.confidence:.0%} CI])")
-        for col in ("run", "examples", "gini", "entropy", f"top-{cfg.top_k} share"):
-            t.add_column(col, justify="left" if col == "run" else "right")
-        for run, row in conc.items():
-            t.add_row(run, str(row["n_examples"]), _ci(row["gini"]), _ci(row["entropy"]),
-                      _ci(row["top_k_share"]))
-        console.print(t)
-    t = Table(title=f"strategies compared, paired by example (Holm-adjusted, alpha {cfg.alpha})")
-    for col in ("model · objective", "metric", "a vs b", "mean a", "mean b", "p (Wilcoxon)",
-                "p (perm.)", "r", "verdict"):
-        t.add_column(col)
+    if not conc:
+        return
+    t = _table(f"attribution concentration (mean [{cfg.confidence:.0%} CI])",
+               ("run", "examples", "gini", "entropy", f"top-{cfg.top_k} share"), right_from=1)
+    for run, row in conc.items():
+        t.add_row(run, str(row["n_examples"]), interval_of(row["gini"]),
+                  interval_of(row["entropy"]), interval_of(row["top_k_share"]))
+    console.print(t)
+
+
+def _print_tests(result: dict, cfg) -> None:
+    """Quality metrics pair by pair; category shares (seven per pair) only counted."""
+    t = _table(f"strategies compared, paired by example (Holm-adjusted, alpha {cfg.alpha})",
+               ("model · objective", "metric", "a vs b", "mean a", "mean b", "p (Wilcoxon)",
+                "p (perm.)", "r", "verdict"))
     n_cat = n_cat_sig = 0
     for g in result["tests"]["groups"]:
         where = f"{g['model']} · {g['objective']}" + (" · rag" if g["rag"] else "")
         for metric, m in g["metrics"].items():
-            if m["kind"] == "category":  # seven per pair: counted here, listed in tests.json
+            if m["kind"] == "category":
                 n_cat += len(m["pairwise"])
                 n_cat_sig += sum(r["significant"] for r in m["pairwise"])
                 continue
             for r in m["pairwise"]:
                 verdict = "[green]differ[/]" if r["significant"] else "[dim]no sig. difference[/]"
-                t.add_row(where, metric, f"{r['a']} vs {r['b']}", _fmt(r["mean_a"]), _fmt(r["mean_b"]),
-                          _p(r["p_holm"]), _p(r["permutation_p_holm"]), f"{r['rank_biserial']:+.2f}",
-                          verdict)
+                t.add_row(where, metric, f"{r['a']} vs {r['b']}", number(r["mean_a"]),
+                          number(r["mean_b"]), p_value(r["p_holm"]),
+                          p_value(r["permutation_p_holm"]), f"{r['rank_biserial']:+.2f}", verdict)
     if t.row_count:
         console.print(t)
     if n_cat:
         console.print(f"category shares: {n_cat_sig} of {n_cat} strategy comparisons differ "
                       "(tests.json lists them)")
+
+
+def _print_scale(result: dict) -> None:
     curves = result["scale"]["curves"]
-    if curves:
-        t = Table(title="scale: metric ~ a + b·log10(params)")
-        for col in ("strategy · objective", "metric", "sizes", "gain per decade b", "plateau from"):
-            t.add_column(col)
-        for c in curves:
-            fit = c["fit"] or {}
-            slope = _ci({"mean": fit.get("slope"), "lo": fit.get("slope_lo"), "hi": fit.get("slope_hi")})
-            plateau = c["plateau"]["size"]
-            t.add_row(f"{c['strategy']} · {c['objective']}" + (" · rag" if c["rag"] else ""), c["metric"],
-                      str(len(c["points"])), slope, "–" if plateau is None else f"{plateau:.3g}")
-        console.print(t)
+    if not curves:
+        return
+    t = _table("scale: metric ~ a + b·log10(params)",
+               ("strategy · objective", "metric", "sizes", "gain per decade b", "plateau from"))
+    for c in curves:
+        fit = c["fit"] or {}
+        slope = interval_of({"mean": fit.get("slope"), "lo": fit.get("slope_lo"),
+                             "hi": fit.get("slope_hi")})
+        plateau = c["plateau"]["size"]
+        t.add_row(f"{c['strategy']} · {c['objective']}" + (" · rag" if c["rag"] else ""),
+                  c["metric"], str(len(c["points"])), slope,
+                  DASH if plateau is None else f"{plateau:.3g}")
+    console.print(t)
+
+
+def _print_floor_and_failures(result: dict) -> None:
     floor = result["agreement"]["noise_floor"]
     if floor:
-        console.print(f"seed-to-seed agreement floor: Spearman {_ci(floor['spearman'])} over "
-                      f"{floor['n_pairs']} example pairs")
+        console.print(f"seed-to-seed agreement floor: Spearman {interval_of(floor['spearman'])} "
+                      f"over {floor['n_pairs']} example pairs")
     for f in result["runs"]["failures"]:
         err_console.print(f"[red]{f['status']}[/] {f['run']}: {f['error'] or 'no outputs'}",
                           highlight=False)
-    console.print(f"statistics: {out or study / 'stats'}")
 
 
 @app.command("report")
@@ -127,36 +149,34 @@ def report_cmd(
     than the study's outputs."""
     from tunelens.report import write_report
 
-    _existing(study, "study folder")
+    existing(study, "study folder")
     settings = _study_config(study, config)
     with console.status("writing the report"):
         path = write_report(study, settings.report, out=out, comparison=settings.comparison)
     console.print(f"report: {path}")
 
 
-
-@app.command("run")
+@app.command("run", epilog=EXIT_CODES_HELP)
 def run_cmd(
     study_file: Path = typer.Argument(..., help="The study YAML (see examples/)."),
-    out: Path = typer.Option(None, "--out", help="Study folder; default: ./studies/<study name>."),
+    out: Path = typer.Option(None, "--out", help="Study folder; default: ./studies/<study name>. "
+                             "Checked writable before any work; locked while the study runs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and an estimate of "
                                  "the work, run nothing."),
     zoo: Path = typer.Option(None, "--zoo", help="Where zoo:<preset>/<name> models are built and "
                              "cached; default ~/.cache/tunelens/zoo."),
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch; default: "
-                                "torch's (one per core). 1 is often faster for small models on a "
-                                "busy machine."),
+    threads: int = threads_option(),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
-    report. Stages whose outputs exist for the same inputs and settings are skipped, so an
-    interrupted study resumes where it stopped."""
+    report. A stage is skipped when its output exists and the content of everything it reads,
+    and its settings, are unchanged, so an interrupted study resumes where it stopped."""
     from tunelens.config import load_study
 
-    study = load_study(_existing(study_file))
-    _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads)
+    study = load_study(existing(study_file))
+    _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads, str(study_file))
 
 
-@app.command("demo")
+@app.command("demo", epilog=EXIT_CODES_HELP)
 def demo_cmd(
     out: Path = typer.Option(Path("demo-study"), "--out", help="Study folder."),
     zoo: Path = typer.Option(None, "--zoo", help="Where the demo ladder is built and cached."),
@@ -170,18 +190,21 @@ def demo_cmd(
     from tunelens.config import load_study
     from tunelens.study import bundled_example
 
-    _run_study(load_study(bundled_example("code-compliance.yaml")), out, dry_run, zoo, threads)
+    example = bundled_example("code-compliance.yaml")
+    _run_study(load_study(example), out, dry_run, zoo, threads, str(example))
 
 
-def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None) -> None:
-    from rich.table import Table
+def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None,
+               origin: str) -> None:
+    """Print the matrix; unless a dry run, run the study in a live view and print how it went.
 
-    from tunelens.study import STAGES, StudyRunner, default_zoo_root, estimate, expand_matrix
+    Exits 1 when some cells failed; a KeyboardInterrupt goes up to become exit code 130.
+    """
+    from tunelens.study import StudyRunner, default_zoo_root, estimate, expand_matrix
 
-    cells = expand_matrix(study)
-    table = Table(title=f"study '{study.name}': {len(cells)} cells")
-    for col in ("run", "model", "strategy", "objective", "rag"):
-        table.add_column(col)
+    cells = expand_matrix(study, origin)
+    table = _table(f"study '{study.name}': {len(cells)} cells",
+                   ("run", "model", "strategy", "objective", "rag"))
     for c in cells:
         table.add_row(c.name, c.model.name, c.strategy, c.objective, "yes" if c.rag else "no")
     console.print(table)
@@ -189,28 +212,38 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         est = estimate(study, cells)
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         return
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), origin=origin)
     with _StudyView(len(cells) * len(STAGES)) as view:
-        runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), on_event=view.update)
+        runner.on_event = view.update
         statuses = runner.run()
-    summary = Table(title="time per stage (seconds)")
-    summary.add_column("stage")
-    summary.add_column("seconds", justify="right")
-    for stage, secs in runner.timings.items():
-        summary.add_row(stage, f"{secs:.1f}")
-    summary.add_row("total", f"{sum(runner.timings.values()):.1f}", style="bold")
-    console.print(summary)
+    _print_timings(runner.timings)
     failed = [s for s in statuses if s.status == "failed"]
     for s in failed:
         err_console.print(f"[red]failed[/] {s.run}: {s.error}", highlight=False)
-    console.print(f"report: {out / 'report.html'}")
+    if len(failed) == len(statuses):
+        err_console.print(f"every cell failed: no comparison or report (tracebacks in "
+                          f"{runner.layout.logs})", highlight=False)
+    else:
+        console.print(f"report: {runner.layout.report}")
+    if failed:
+        raise typer.Exit(EXIT_CELLS_FAILED)
+
+
+def _print_timings(timings: dict[str, float]) -> None:
+    summary = _table("time per stage (seconds)", ("stage", "seconds"), right_from=1)
+    for stage, secs in timings.items():
+        summary.add_row(stage, f"{secs:.1f}")
+    summary.add_row("total", f"{sum(timings.values()):.1f}", style="bold")
+    console.print(summary)
 
 
 class _StudyView:
-    """The live view of a study: one bar over every cell's stages, a line as each one ends."""
+    """The live view of a study: one bar over every cell's stages, a line as each one ends.
+
+    The runner turns the stages' own progress bars off: a second live display inside this one
+    would fight it for the terminal.
+    """
 
     def __init__(self, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -233,5 +266,5 @@ class _StudyView:
             self.progress.update(self.task, description=f"{cell} · {stage}")
             return
         self.progress.console.print(f"[{style}]{state:>7}[/] {cell} · {stage}", highlight=False)
-        if stage in ("train", "generate", "evaluate", "explain"):
+        if stage in STAGES:
             self.progress.advance(self.task)

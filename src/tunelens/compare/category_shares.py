@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tunelens.compare.runs import CATEGORIES
+from tunelens.data.compliance.categories import CATEGORIES
 
 
 def per_example(attributions: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""What a study folder holds, run by run: names parsed, files found, failures noted.
+"""What a study folder holds, run by run: identities read, files found, failures noted.
 
 The comparison and the report both start from the same question — which runs exist, what did
 each produce, which failed — and a study is often incomplete (a cell failed, a stage was
@@ -6,18 +6,23 @@ skipped, the study has one model). So discovery is lenient about what is *missin
 about what is *malformed*: a run without metrics is simply a run without metrics, but a metrics
 file that is not JSON stops the comparison with the file named.
 
-Replicates: a run name may end in ``__seed<N>`` (``s__lora__instruct__seed1``). Runs that differ
-only by that suffix are replicates of one cell (retrained with another seed, or the same model
-attributed twice with another explanation seed: ``attributions/<run>__seed1.parquet`` without a
-model folder of its own). The comparison uses one replicate per cell (the unsuffixed one, else the
-lowest seed) and uses the others only for the seed-to-seed noise floor of agreement.
+Who a run is comes from data, never from its file names: the identities the study runner wrote
+to ``runs/<run>.json`` and the ``identity`` a trained model records in its ``run.json``
+(:class:`tunelens.layout.RunIdentity`). Every path comes from :class:`tunelens.layout.StudyLayout`.
+An output file that no identity accounts for is reported as *unrecorded* (see
+:func:`unrecorded_outputs`) rather than guessed at from its name.
+
+Replicates: runs that differ only by ``identity.seed`` are replicates of one cell (retrained
+with another seed, or the same model attributed twice with another explanation seed, which has
+no model folder of its own and uses the seedless run's model). The comparison uses one replicate
+per cell (the one without a seed, else the lowest seed) and uses the others only for the
+seed-to-seed noise floor of agreement.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,25 +30,31 @@ import pandas as pd
 
 from tunelens.errors import TunelensError
 from tunelens.io import read_json
+from tunelens.layout import RunIdentity, StudyLayout
+from tunelens.train.catalog import STRATEGY_ORDER
 
-CATEGORIES = ("RULE_ID", "NUMBER", "UNIT", "COMPARATOR", "MODAL", "CONDITION", "OTHER")
+__all__ = ["RunInfo", "discover_runs", "primary_runs", "read_attributions",
+           "strategy_key", "unrecorded_outputs"]
+
 ATTRIBUTION_COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score")
 INTERVAL_KEYS = ("intervals", "aggregate_ci", "ci", "confidence_intervals")
 TRAINING_KEYS = ("trainable_params", "total_params", "val_loss_before", "val_loss_after",
                  "wall_seconds", "tokens_per_second", "peak_rss_mb")
-_SEED = re.compile(r"^seed(\d+)$")
+# the per-run outputs of a study: (folder attribute of StudyLayout, file suffix)
+OUTPUTS = (("predictions_dir", ".jsonl"), ("metrics_dir", ".json"), ("attributions_dir", ".parquet"))
+
+
+def strategy_key(strategy: str) -> tuple[int, str]:
+    """Strategies in the catalog's order (most to fewest trained weights), unknown ones last."""
+    order = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    return (order, strategy)
 
 
 @dataclass
 class RunInfo:
     """One run of a study and everything the comparison needs to know about it."""
 
-    name: str
-    model: str
-    strategy: str
-    objective: str
-    rag: bool = False
-    seed: int | None = None
+    identity: RunIdentity
     status: str = "ok"
     error: str | None = None
     params: float | None = None
@@ -55,10 +66,17 @@ class RunInfo:
     attributions: Path | None = None
     predictions: Path | None = None
 
+    name = property(lambda self: self.identity.name)
+    model = property(lambda self: self.identity.model)
+    strategy = property(lambda self: self.identity.strategy)
+    objective = property(lambda self: self.identity.objective)
+    rag = property(lambda self: self.identity.rag)
+    seed = property(lambda self: self.identity.seed)
+
     @property
     def cell(self) -> str:
-        """The name without its seed suffix: replicates share it."""
-        return "__".join([self.model, self.strategy, self.objective] + (["rag"] if self.rag else []))
+        """The run without its seed: replicates share it."""
+        return self.identity.cell
 
     @property
     def group(self) -> tuple[str, str, bool]:
@@ -81,65 +99,66 @@ class RunInfo:
         }
 
 
-def parse_run_name(name: str) -> dict | None:
-    """``<model>__<strategy>__<objective>[__rag][__seed<N>]`` into its parts; None if not a run name."""
-    parts = name.split("__")
-    seed = None
-    if parts and (m := _SEED.match(parts[-1])):
-        seed = int(m.group(1))
-        parts = parts[:-1]
-    rag = bool(parts) and parts[-1] == "rag"
-    if rag:
-        parts = parts[:-1]
-    if len(parts) < 3 or not all(parts):
-        return None
-    return {"model": "__".join(parts[:-2]), "strategy": parts[-2], "objective": parts[-1],
-            "rag": rag, "seed": seed}
+def read_status(layout: StudyLayout) -> dict[str, dict]:
+    """Cells recorded by the study runner in ``status.json``, by run name."""
+    path = layout.status
+    if not path.exists():
+        return {}
+    raw = read_json(path)
+    cells = raw.get("cells") if isinstance(raw, dict) else raw
+    if not isinstance(cells, list):
+        raise TunelensError(f"{path}: expected {{\"cells\": [...]}}")
+    out = {}
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or "run" not in cell:
+            raise TunelensError(f"{path}: cells.{i} has no 'run'")
+        out[str(cell["run"])] = cell
+    return out
 
 
-def read_status(study_dir: Path) -> dict[str, dict]:
-    """Cells recorded by the study runner (``status.json``; ``runs.json`` accepted too)."""
-    for fname in ("status.json", "runs.json"):
-        path = study_dir / fname
-        if not path.exists():
-            continue
+def trained_models(layout: StudyLayout) -> dict[str, dict]:
+    """``models/<folder>/run.json`` by folder name."""
+    out = {}
+    for path in sorted(layout.models.glob("*/run.json")):
         raw = read_json(path)
-        cells = raw.get("cells") if isinstance(raw, dict) else raw
-        if not isinstance(cells, list):
-            raise TunelensError(f"{path}: expected {{\"cells\": [...]}}")
-        out = {}
-        for i, cell in enumerate(cells):
-            if not isinstance(cell, dict) or "run" not in cell:
-                raise TunelensError(f"{path}: cells.{i} has no 'run'")
-            out[str(cell["run"])] = cell
-        return out
-    return {}
+        if not isinstance(raw, dict):
+            raise TunelensError(f"{path}: expected a JSON object")
+        out[path.parent.name] = raw
+    return out
+
+
+def identities(layout: StudyLayout, models: dict[str, dict]) -> tuple[dict[str, RunIdentity], dict[str, str]]:
+    """Every run the study records — ``runs/*.json``, then the ``identity`` of each trained model —
+    and, for identities read from a model's ``run.json``, the folder it lives in (by train name:
+    a model trained outside a study may sit in a folder named otherwise)."""
+    found = {r.name: r for r in layout.identities()}
+    folders: dict[str, str] = {}
+    for folder, raw in models.items():
+        if "identity" in raw:
+            run = RunIdentity.from_dict(raw["identity"], origin=str(layout.models / folder / "run.json"))
+            found.setdefault(run.name, run)
+            folders.setdefault(run.train_name, folder)
+    return dict(sorted(found.items())), folders
 
 
 def discover_runs(study_dir: Path) -> list[RunInfo]:
-    """Every run the study folder mentions, with whatever it produced, sorted by name."""
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise TunelensError(f"{study_dir}: no such study folder")
-    status = read_status(study_dir)
-    names: set[str] = set(status)
-    names |= {p.parent.name for p in (study_dir / "models").glob("*/run.json")}
-    for sub, ext in (("metrics", ".json"), ("attributions", ".parquet"), ("predictions", ".jsonl")):
-        names |= {p.name[: -len(ext)] for p in (study_dir / sub).glob(f"*{ext}")}
+    """Every recorded run of the study folder, with whatever it produced, sorted by name."""
+    layout = StudyLayout(Path(study_dir))
+    if not layout.root.is_dir():
+        raise TunelensError(f"{layout.root}: no such study folder")
+    status = read_status(layout)
+    models = trained_models(layout)
+    known, folders = identities(layout, models)
     runs = []
-    for name in sorted(names):
-        parts = parse_run_name(name)
-        if parts is None:
-            continue  # a stray file (e.g. metrics/summary.json) is not a run
-        run = RunInfo(name=name, **parts)
+    for name, identity in known.items():
+        run = RunInfo(identity)
         cell = status.get(name, {})
         run.status = str(cell.get("status", "ok"))
         run.error = cell.get("error")
-        _load_run_json(run, study_dir, status)
-        _load_metrics(run, study_dir / "metrics" / f"{name}.json")
-        attr = study_dir / "attributions" / f"{name}.parquet"
+        _attach_model(run, layout, models, folders)
+        _load_metrics(run, layout.metrics(identity))
+        attr, pred = layout.attributions(identity), layout.predictions(identity)
         run.attributions = attr if attr.exists() else None
-        pred = study_dir / "predictions" / f"{name}.jsonl"
         run.predictions = pred if pred.exists() else None
         if run.status == "ok" and not run.aggregate and run.attributions is None and name not in status:
             run.status = "incomplete"
@@ -148,8 +167,35 @@ def discover_runs(study_dir: Path) -> list[RunInfo]:
     return runs
 
 
+def unrecorded_outputs(study_dir: Path, runs: list[RunInfo]) -> list[dict]:
+    """Outputs and status cells no run identity accounts for, one failure row per name.
+
+    They are left out of the comparison: which model, strategy or seed produced them is not
+    recorded, and reading it back out of a file name is how studies get mixed up.
+    """
+    layout = StudyLayout(Path(study_dir))
+    known = {r.name for r in runs}
+    trained = known | {r.identity.train_name for r in runs} | {r.model_dir for r in runs if r.model_dir}
+    files: dict[str, list[str]] = {}
+    for folder, suffix in OUTPUTS:
+        base = getattr(layout, folder)
+        for path in sorted(base.glob(f"*{suffix}")):
+            name = path.name[: -len(suffix)]
+            if name not in known:
+                files.setdefault(name, []).append(path.relative_to(layout.root).as_posix())
+    for path in sorted(layout.models.glob("*/run.json")):
+        if path.parent.name not in trained:
+            files.setdefault(path.parent.name, []).append(path.relative_to(layout.root).as_posix())
+    for name in read_status(layout):
+        if name not in known:
+            files.setdefault(name, []).append(layout.status.name)
+    return [{"run": name, "status": "unrecorded",
+             "error": f"no run identity recorded for {', '.join(paths)}"}
+            for name, paths in sorted(files.items())]
+
+
 def primary_runs(runs: list[RunInfo]) -> list[RunInfo]:
-    """One replicate per cell: the unsuffixed run if there is one, else the lowest seed."""
+    """One replicate per cell: the run without a seed if there is one, else the lowest seed."""
     best: dict[str, RunInfo] = {}
     for r in runs:
         cur = best.get(r.cell)
@@ -179,18 +225,17 @@ def read_attributions(path: Path) -> pd.DataFrame:
     return frame.sort_values(["example_id", "position"], kind="stable").reset_index(drop=True)
 
 
-def _load_run_json(run: RunInfo, study_dir: Path, status: dict) -> None:
-    # A RAG cell shares the trained model of its non-RAG twin.
-    candidates = [run.name, run.name.replace("__rag", "")] if run.rag else [run.name]
+def _attach_model(run: RunInfo, layout: StudyLayout, models: dict[str, dict],
+                  folders: dict[str, str]) -> None:
+    """The run's trained model: its own (RAG runs share their twin's, by ``train_name``), else,
+    for a replicate with no model of its own (attributed again), the seedless run's model."""
+    candidates = [run.identity]
     if run.seed is not None:
-        candidates.append(run.cell.replace("__rag", ""))
-    for cand in candidates:
-        path = study_dir / "models" / cand / "run.json"
-        if path.exists():
-            raw = read_json(path)
-            if not isinstance(raw, dict):
-                raise TunelensError(f"{path}: expected a JSON object")
-            run.run_json, run.model_dir = raw, cand
+        candidates.append(replace(run.identity, seed=None))
+    for identity in candidates:
+        folder = folders.get(identity.train_name, layout.model_dir(identity).name)
+        if folder in models:
+            run.run_json, run.model_dir = models[folder], folder
             return
 
 

@@ -4,8 +4,9 @@ The fit is ``metric ~ a + b·log10(params)`` (scipy's ``linregress``): ``b`` is 
 decade of parameters. The plateau is the smallest size from which every later step gains less
 than ``threshold`` per decade — the curve is flat from there on; None when the last step still
 gains at least that much. For quality metrics (higher is better) a drop counts as "no gain"; for
-other metrics (concentration) the size of the change counts, in either direction. BLEU and chrF
-are on a 0–100 scale and are divided by 100 for the plateau test, so one threshold fits all.
+other metrics (concentration) the size of the change counts, in either direction. Metrics on a
+0–100 scale (BLEU, chrF; :mod:`tunelens.evaluate.specs` says which) are divided by 100 for the
+plateau test, so one threshold fits all.
 
 Intervals: examples are resampled *paired* across the sizes (the same test examples feed every
 model) with :func:`scipy.stats.bootstrap`; the fit, every point and the plateau are recomputed on
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PERCENT_SCALE = {"bleu", "chrf", "sacrebleu", "chrf++", "ter"}
+from tunelens.evaluate import specs
 
 
 def loglinear_fit(params, values) -> dict | None:
@@ -75,7 +76,7 @@ def curve(metric: str, points: pd.DataFrame, per_example: pd.DataFrame | None, t
     sizes = np.sort(points["params"].unique())
     by_size = [points[points["params"] == s] for s in sizes]
     values = np.array([g["value"].mean() for g in by_size])
-    unit = 100.0 if metric.lower() in PERCENT_SCALE else 1.0
+    unit = specs.unit(metric)
     fit = loglinear_fit(sizes, values)
     plateau = detect_plateau(sizes, values / unit, threshold, direction)
     out = {"metric": metric, "direction": direction, "threshold_per_decade": threshold,

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunelens.config import DataConfig
+from tunelens.contracts import DatasetRow, check_unique_ids
 from tunelens.data.dedup import assert_no_leakage, deduplicate
 from tunelens.data.tables import FIELDS, load_table
 from tunelens.errors import TunelensError
@@ -68,18 +69,17 @@ def content_id(prompt: str, completion: str) -> str:
 
 
 def _assign_ids(rows: list[dict]) -> None:
-    seen: dict[str, str] = {}
+    """Refuse repeated ids; give id-less rows a content id no other row has."""
+    check_unique_ids((row["id"], row["_where"]) for row in rows if row["id"] is not None)
+    taken = {row["id"] for row in rows if row["id"] is not None}
     for row in rows:
         if row["id"] is None:
             base = content_id(row["prompt"], row["completion"])
             row["id"], k = base, 1
-            while row["id"] in seen:
+            while row["id"] in taken:
                 k += 1
                 row["id"] = f"{base}-{k}"
-        elif row["id"] in seen:
-            raise TunelensError(f"{row['_where']}: duplicate id '{row['id']}' "
-                                f"(first at {seen[row['id']]})")
-        seen[row["id"]] = row["_where"]
+            taken.add(row["id"])
 
 
 def _drop_reason(row: dict, config: DataConfig) -> str | None:
@@ -257,10 +257,15 @@ def check_out(out: Path, inputs: tuple[Path, ...] = ()) -> None:
 
 
 def write_dataset(out: Path, splits: dict[str, list[dict]], card: dict) -> None:
-    """Write the splits and the card; ``out`` is replaced only once everything is written."""
+    """Write the splits and the card; ``out`` is replaced only once everything is written.
+
+    Each row is checked against :class:`~tunelens.contracts.DatasetRow` first: what this stage
+    writes is what every reader of a dataset folder accepts (a failure here is a bug).
+    """
     with atomic_dir(out) as tmp:
         for name in SPLITS:
-            write_jsonl(tmp / f"{name}.jsonl", ({f: r[f] for f in FIELDS} for r in splits[name]))
+            rows = (DatasetRow.model_validate({f: r[f] for f in FIELDS}) for r in splits[name])
+            write_jsonl(tmp / f"{name}.jsonl", (row.model_dump() for row in rows))
         write_json(tmp / CARD, card)
 
 

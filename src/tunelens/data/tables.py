@@ -1,9 +1,15 @@
 """Reading a user's table (JSONL, CSV, Parquet) into rows with the dataset's field names.
 
-The readers are the standard ones (``json`` through :func:`tunelens.io.read_jsonl`, the
-``csv`` module, pyarrow); what this module adds is the mapping from the user's column names to
-ours and error messages a user can act on: every problem names the file and, for line-based
-formats, the line (a Parquet file has rows, not lines, so its messages name the row).
+The readers are the standard ones (:func:`tunelens.io.iter_jsonl`, the ``csv`` module,
+pyarrow) and every row is checked by one contract, :class:`tunelens.contracts.TableRow`; what
+this module adds is the mapping from the user's column names to ours and error messages a user
+can act on: every problem names the file and, for line-based formats, the line (a Parquet file
+has rows, not lines, so its messages name the row), and the user's column, not our field.
+
+Types are kept: every CSV cell is text, but a JSONL or Parquet number where a prompt or
+completion should be is an error, not text (a prompt ``5`` is a wrong column far more often than
+a clause). Ids may be integers (read as their text); a stratification column may hold any
+scalar, since only equality matters there.
 
 The stdlib ``csv`` module is used rather than pandas because it reports the physical line of
 each record, and because pandas would silently turn "NA" or "null" clauses into missing values.
@@ -13,24 +19,27 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 from tunelens.config import DataConfig
+from tunelens.contracts import TableRow, parse_row
 from tunelens.errors import TunelensError
-from tunelens.io import read_jsonl
+from tunelens.io import iter_jsonl, json_kind, read_text
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
            ".parquet": "parquet", ".pq": "parquet"}
 FIELDS = ("id", "topic", "source", "prompt", "completion")
+
+Records = list[tuple[str, dict]]
 
 
 def load_table(path: Path, config: DataConfig) -> tuple[list[dict], dict]:
     """Rows ``{id|None, topic, source, prompt, completion, _where, _stratum}`` and load facts.
 
     ``id`` is None where the file has no id column (the caller makes content-based ids after
-    cleaning). Extra columns are not carried into the dataset: they are listed in the returned
-    facts (``dropped_columns``) so the data card can say so.
+    cleaning); a null or missing text field is ``""`` (cleaning drops the row with its reason).
+    Extra columns are not carried into the dataset: they are listed in the returned facts
+    (``dropped_columns``) so the data card can say so.
     """
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
@@ -52,28 +61,13 @@ def load_table(path: Path, config: DataConfig) -> tuple[list[dict], dict]:
     return _map_columns(path, records, columns, config)
 
 
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise TunelensError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
-                            "save the file as UTF-8") from None
+def _read_jsonl(path: Path) -> tuple[Records, list[str]]:
+    records = [(f"{path}:{line}", row) for line, row in iter_jsonl(path)]
+    return records, list(dict.fromkeys(key for _, row in records for key in row))
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
-    text = _decode(path)  # first, so an encoding error names its line
-    rows = read_jsonl(path)
-    linenos = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    return [(f"{path}:{n}", row) for n, row in zip(linenos, rows, strict=True)], list(columns)
-
-
-def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[str, dict]], list[str]]:
-    text = _decode(path)
+def _read_csv(path: Path, delimiter: str) -> tuple[Records, list[str]]:
+    text = read_text(path)
     if not text.strip():
         raise TunelensError(f"{path}: empty file, no rows to read")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -81,8 +75,7 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[str, dict]], list[
     try:
         header = next(reader)
         start = reader.line_num
-        if len(set(header)) != len(header):
-            raise TunelensError(f"{path}:1: repeated column name in header {header}")
+        _check_header(path, header, "1")
         for fields in reader:
             where = f"{path}:{start + 1}"
             start = reader.line_num
@@ -96,56 +89,71 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[str, dict]], list[
     return records, header
 
 
-def _read_parquet(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+def _read_parquet(path: Path) -> tuple[Records, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise TunelensError(f"{path}: not a readable Parquet file ({exc})") from None
-    rows = table.to_pylist()
+        with pq.ParquetFile(path) as parquet:
+            _check_header(path, parquet.schema_arrow.names, "")
+            table = parquet.read()
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TunelensError(f"{path}: not a readable Parquet file ({type(exc).__name__}: "
+                            f"{_first_line(exc)})") from None
     return [(f"{path} row {i}", row) for i, row in enumerate(rows, start=1)], table.column_names
 
 
-def _map_columns(path: Path, records: list[tuple[str, dict]], columns: list[str],
+def _check_header(path: Path, columns: list[str], line: str) -> None:
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        where = f"{path}:{line}" if line else str(path)
+        raise TunelensError(f"{where}: repeated column name(s) {_names(repeated)}")
+
+
+def _names(columns: list[str]) -> str:
+    return ", ".join(repr(c) for c in columns)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _map_columns(path: Path, records: Records, columns: list[str],
                  config: DataConfig) -> tuple[list[dict], dict]:
-    required = [config.prompt_column, config.completion_column]
-    missing = [c for c in required if c not in columns]
+    mapping = {"id": config.id_column, "topic": config.topic_column, "source": "source",
+               "prompt": config.prompt_column, "completion": config.completion_column}
+    missing = [mapping[f] for f in ("prompt", "completion") if mapping[f] not in columns]
     if missing:
         raise TunelensError(f"{path}: missing column(s) {', '.join(missing)} "
-                            f"(columns: {', '.join(columns) or 'none'}; set data.prompt_column / "
+                            f"(columns: {_names(columns) or 'none'}; set data.prompt_column / "
                             "data.completion_column to map yours)")
     has_id = config.id_column in columns
-    has_topic = config.topic_column in columns
     stratum_column = _stratum_column(path, columns, config)
-    used = {config.prompt_column, config.completion_column, config.id_column, config.topic_column,
-            "source"}
     rows = []
     for where, record in records:
-        for column in required:
-            if column not in record:
-                raise TunelensError(f"{where}: missing column {column}")
-        row = {
-            "id": _identifier(record, config.id_column, where) if has_id else None,
-            "topic": _text(record.get(config.topic_column), where, config.topic_column),
-            "source": _text(record.get("source"), where, "source"),
-            "prompt": _text(record[config.prompt_column], where, config.prompt_column),
-            "completion": _text(record[config.completion_column], where, config.completion_column),
-            "_where": where,
-        }
+        row = _row(record, mapping, where, has_id)
         if stratum_column is not None:
-            row["_stratum"] = _text(record.get(stratum_column), where, stratum_column)
+            row["_stratum"] = _stratum(record.get(stratum_column), where, stratum_column)
         rows.append(row)
+    used = {*mapping.values(), stratum_column}
     facts = {
         "format": FORMATS[path.suffix.lower()],
-        "columns": {"id": config.id_column if has_id else None, "topic": config.topic_column
-                    if has_topic else None, "prompt": config.prompt_column,
-                    "completion": config.completion_column},
+        "columns": {"id": config.id_column if has_id else None,
+                    "topic": config.topic_column if config.topic_column in columns else None,
+                    "prompt": config.prompt_column, "completion": config.completion_column},
         "ids_generated": not has_id,
-        "dropped_columns": [c for c in columns if c not in used and c != stratum_column],
+        "dropped_columns": [c for c in columns if c not in used],
     }
     return rows, facts
+
+
+def _row(record: dict, mapping: dict[str, str], where: str, has_id: bool) -> dict:
+    """One record as a pipeline row, checked by the :class:`TableRow` contract."""
+    raw = {field: record[column] for field, column in mapping.items() if column in record}
+    row = parse_row(raw, TableRow, where, require=("id",) if has_id else (),
+                    label=lambda field: f"column {mapping.get(field.split('.')[0], field)!r}")
+    return {"id": row.id, **{f: getattr(row, f) or "" for f in FIELDS[1:]}, "_where": where}
 
 
 def _stratum_column(path: Path, columns: list[str], config: DataConfig) -> str | None:
@@ -155,22 +163,14 @@ def _stratum_column(path: Path, columns: list[str], config: DataConfig) -> str |
         return None
     if by not in columns:
         raise TunelensError(f"{path}: stratify_by column '{by}' not found "
-                            f"(columns: {', '.join(columns)})")
+                            f"(columns: {_names(columns)})")
     return by
 
 
-def _text(value, where: str, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _stratum(value, where: str, column: str) -> str:
+    """A stratum key: any scalar, as text (only equality matters); nothing else."""
+    if value is None:
         return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | int | float):
+    if isinstance(value, str | bool | int | float):
         return str(value)
-    raise TunelensError(f"{where}: column '{column}' holds a {type(value).__name__}, expected text")
-
-
-def _identifier(record: dict, column: str, where: str) -> str:
-    value = _text(record.get(column), where, column).strip()
-    if not value:
-        raise TunelensError(f"{where}: empty or missing id in column '{column}'")
-    return value
+    raise TunelensError(f"{where}: column {column!r} holds {json_kind(value)}, expected a scalar")

@@ -15,36 +15,20 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tunelens.config import DataConfig, format_validation_error
+from tunelens.contracts import DatasetRow, check_unique_ids, read_rows
 from tunelens.data.dedup import find_leaks
 from tunelens.data.prepare import CARD, SPLITS, Step
-from tunelens.data.tables import FIELDS
 from tunelens.errors import TunelensError
-from tunelens.io import read_json, read_jsonl
+from tunelens.io import read_json
 
 RULE_PREFIX = "RULE"
 
 
-def _read_split(path: Path) -> list[tuple[int, dict]]:
-    """(line, row) pairs; an empty file is an empty split (val may legitimately be empty)."""
+def _read_split(path: Path) -> list[DatasetRow]:
+    """The split's rows (each knows its ``file:line``); an empty val split is legitimate."""
     if not path.exists():
         raise TunelensError(f"{path}: no such file (a dataset folder holds {', '.join(SPLITS)})")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        return []
-    rows = read_jsonl(path)
-    linenos = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    return list(zip(linenos, rows, strict=True))
-
-
-def _check_row(where: str, row: dict) -> None:
-    for field in FIELDS:
-        if field not in row:
-            raise TunelensError(f"{where}: missing field '{field}'")
-        value = row[field]
-        if not isinstance(value, str):
-            raise TunelensError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise TunelensError(f"{where}: field '{field}' is empty")
+    return read_rows(path, DatasetRow, allow_empty=True)
 
 
 def _settings(folder: Path) -> DataConfig:
@@ -111,44 +95,41 @@ def validate(input_dir: Path, compliance: bool | None = None, on_step: Step | No
     step = on_step or (lambda _: None)
     step("reading")
     config = _settings(folder)
-    splits: dict[str, list[tuple[int, dict]]] = {}
-    first_seen: dict[str, str] = {}
+    splits: dict[str, list[DatasetRow]] = {}
     for name in SPLITS:
         path = folder / f"{name}.jsonl"
         splits[name] = _read_split(path)
         if not splits[name] and name != "val":
             raise TunelensError(f"{path}: empty split, no rows")
-        for line, row in splits[name]:
-            where = f"{path}:{line}"
-            _check_row(where, row)
-            if row["id"] in first_seen:
-                raise TunelensError(f"{where}: id '{row['id']}' repeats {first_seen[row['id']]}")
-            first_seen[row["id"]] = where
+    check_unique_ids((row.id, row.where) for rows in splits.values() for row in rows)
     step("checking leakage")
-    leaks = find_leaks({name: [r for _, r in rows] for name, rows in splits.items()},
-                       config.near_duplicate_threshold, config.shingle_size,
-                       config.minhash_permutations, config.seed)
-    if leaks:
-        leak = leaks[0]
-        where = {row["id"]: f"{folder / name}.jsonl:{line}"
-                 for name, rows in splits.items() for line, row in rows}
-        raise TunelensError(f"{where[leak.id_b]}: prompt is a near-duplicate of {where[leak.id_a]} "
-                            f"(Jaccard {leak.jaccard:.2f} >= {config.near_duplicate_threshold}); "
-                            f"{len(leaks)} cross-split pair(s) in all")
-    all_rows = [row for rows in splits.values() for _, row in rows]
+    _check_leaks(splits, config)
+    all_rows = [row for rows in splits.values() for row in rows]
     if compliance is None:
-        compliance = looks_like_compliance(all_rows)
+        compliance = looks_like_compliance([row.model_dump() for row in all_rows])
     designs = 0
     if compliance:
         step("checking rules")
-        for name, rows in splits.items():
-            for line, row in rows:
-                try:
-                    designs += check_rule(row["completion"])
-                except ValueError as exc:
-                    raise TunelensError(f"{folder / name}.jsonl:{line}: {exc}") from None
+        for row in all_rows:
+            try:
+                designs += check_rule(row.completion)
+            except ValueError as exc:
+                raise TunelensError(f"{row.where}: {exc}") from None
     return {"input": str(folder), "rows": len(all_rows),
             "splits": {name: len(rows) for name, rows in splits.items()},
             "compliance": compliance, "rules_checked": len(all_rows) if compliance else 0,
             "designs_checked": designs, "leakage_pairs": 0,
-            "topics": len({r["topic"] for r in all_rows}), "card": (folder / CARD).exists()}
+            "topics": len({r.topic for r in all_rows}), "card": (folder / CARD).exists()}
+
+
+def _check_leaks(splits: dict[str, list[DatasetRow]], config: DataConfig) -> None:
+    """No prompt may be a near-duplicate of one in another split (with the card's settings)."""
+    leaks = find_leaks({name: [r.model_dump() for r in rows] for name, rows in splits.items()},
+                       config.near_duplicate_threshold, config.shingle_size,
+                       config.minhash_permutations, config.seed)
+    if leaks:
+        leak = leaks[0]
+        where = {row.id: row.where for rows in splits.values() for row in rows}
+        raise TunelensError(f"{where[leak.id_b]}: prompt is a near-duplicate of {where[leak.id_a]} "
+                            f"(Jaccard {leak.jaccard:.2f} >= {config.near_duplicate_threshold}); "
+                            f"{len(leaks)} cross-split pair(s) in all")

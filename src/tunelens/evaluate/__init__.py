@@ -6,10 +6,4 @@ imports without the metric libraries.
 
 from tunelens.lazy import exports
 
-_EXPORTS = {
-    "evaluate": "tunelens.evaluate.api",
-    "judge_config": "tunelens.evaluate.api",
-    "load_predictions": "tunelens.evaluate.api",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = exports("tunelens.evaluate", _EXPORTS)
+__all__, __getattr__ = exports(__name__, api="evaluate judge_config load_predictions")

@@ -16,16 +16,15 @@ from pydantic import ValidationError
 from tunelens.config import EvaluationConfig, JudgeConfig, format_validation_error
 from tunelens.errors import TunelensError
 from tunelens.evaluate import judge as judging
+from tunelens.evaluate import specs
 from tunelens.evaluate.bootstrap import Resampler
 from tunelens.evaluate.diversity import diversity_metrics
-from tunelens.evaluate.metrics import ROUGE_TYPES, corpus_stats, text_metrics
+from tunelens.evaluate.metrics import corpus_stats, text_metrics
 from tunelens.evaluate.rules import field_breakdown, score_rule
 from tunelens.io import read_jsonl, write_json
+from tunelens.progress import item_bar
 
 REQUIRED = ("id", "reference", "prediction")
-MEAN_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "ngram_jaccard", "semantic_similarity", "exact_match")
-RULE_METRICS = ("rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy", "rule_exec_agreement")
-CORPUS_METRICS = ("bleu", "chrf")  # aggregated from summed statistics, not as a mean of sentences
 
 
 def load_predictions(path: str | Path, need_prompt: bool = False) -> list[dict]:
@@ -91,10 +90,7 @@ def evaluate(predictions: Path, out: Path, config: EvaluationConfig | None = Non
 
 
 def _judge(rows: list[dict], config: JudgeConfig, progress: bool):
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+    with item_bar(progress) as bar:
         task = bar.add_task("judging", total=len(rows))
         return judging.judge_rows(rows, config, advance=lambda: bar.advance(task))
 
@@ -105,52 +101,17 @@ def score(rows: list[dict], config: EvaluationConfig,
     preds = [r["prediction"] for r in rows]
     refs = [r["reference"] for r in rows]
     resampler = Resampler(len(rows), config.bootstrap_samples, config.seed, config.confidence)
-    aggregate: dict[str, float | None] = {}
-    intervals: dict[str, tuple[float, float] | None] = {}
-    per_example = [{"id": r["id"]} for r in rows]
-
     stats = corpus_stats(preds, refs)
-    values: dict[str, list] = {
-        k: list(v) for k, v in text_metrics(preds, refs, config.embedding_model, stats).items()
-    }
     rule_scores = [score_rule(p, r) for p, r in zip(preds, refs, strict=True)]
-    values["rule_parse_rate"] = [None if s is None else float(s.parsed) for s in rule_scores]
-    values["rule_field_accuracy"] = [None if s is None else s.field_accuracy for s in rule_scores]
-    values["rule_exec_accuracy"] = [None if s is None else s.exec_accuracy for s in rule_scores]
-    values["rule_exec_agreement"] = [None if s is None else s.exec_agreement for s in rule_scores]
-    if judgements is not None:
-        values["judge_accuracy"] = [j.verdict and j.verdict.accuracy for j in judgements]
-        values["judge_relevance"] = [j.verdict and j.verdict.relevance for j in judgements]
-
-    for name, column in values.items():
-        if name in CORPUS_METRICS:
-            continue
-        present = [v for v in column if v is not None]
-        aggregate[name] = float(np.mean(present)) if present else None
-        intervals[name] = resampler.mean(column) if present else None
-    for name, corpus in stats.items():
-        aggregate[name] = corpus.corpus_score()
-        intervals[name] = resampler.corpus(corpus.stats, corpus.score)
-
+    values = _per_example_values(preds, refs, config, stats, rule_scores, judgements)
+    aggregate, intervals = _aggregate(values, stats, resampler)
     methods = {"default": "percentile bootstrap"}
     samples = [r.get("samples") or [] for r in rows]
     if any(samples):
-        div_aggregate, div_intervals, self_bleus = diversity_metrics(samples, resampler)
+        div_aggregate, div_intervals, values["self_bleu"] = diversity_metrics(samples, resampler)
         aggregate.update(div_aggregate)
         intervals.update(div_intervals)
-        values["self_bleu"] = self_bleus
         methods.update({k: "jackknife normal" for k in div_aggregate if k.startswith("distinct_")})
-
-    for name, column in values.items():
-        for row, value in zip(per_example, column, strict=True):
-            row[name] = _plain(value)
-    for row, rule in zip(per_example, rule_scores, strict=True):
-        row["rule_fields"] = None if rule is None else rule.fields
-    if judgements is not None:
-        for row, j in zip(per_example, judgements, strict=True):
-            row["judge_rationale"] = j.verdict.rationale if j.verdict else None
-            row["judge_attempts"] = j.attempts
-
     info = {
         "examples": len(rows),
         "rule_scored_examples": sum(s is not None for s in rule_scores),
@@ -160,14 +121,60 @@ def score(rows: list[dict], config: EvaluationConfig,
         "interval_methods": methods,
         "seed": config.seed,
     }
-    order = [*CORPUS_METRICS, *[k for k in MEAN_METRICS if k not in CORPUS_METRICS], *RULE_METRICS]
-    ordered = {k: aggregate[k] for k in order} | {k: v for k, v in aggregate.items() if k not in order}
+    order = specs.ordered(aggregate)
     return {
-        "aggregate": {k: _plain(v) for k, v in ordered.items()},
-        "intervals": {k: None if intervals.get(k) is None else list(intervals[k]) for k in ordered},
-        "per_example": per_example,
+        "aggregate": {k: _plain(aggregate[k]) for k in order},
+        "intervals": {k: None if intervals.get(k) is None else list(intervals[k]) for k in order},
+        "per_example": _per_example_rows(rows, values, rule_scores, judgements),
         "info": info,
     }
+
+
+def _per_example_values(preds, refs, config: EvaluationConfig, stats, rule_scores,
+                        judgements) -> dict[str, list]:
+    """metric -> one value per example (None where the metric does not apply)."""
+    values: dict[str, list] = {
+        k: list(v) for k, v in text_metrics(preds, refs, config.embedding_model, stats).items()
+    }
+    values["rule_parse_rate"] = [None if s is None else float(s.parsed) for s in rule_scores]
+    values["rule_field_accuracy"] = [None if s is None else s.field_accuracy for s in rule_scores]
+    values["rule_exec_accuracy"] = [None if s is None else s.exec_accuracy for s in rule_scores]
+    values["rule_exec_agreement"] = [None if s is None else s.exec_agreement for s in rule_scores]
+    if judgements is not None:
+        values["judge_accuracy"] = [j.verdict and j.verdict.accuracy for j in judgements]
+        values["judge_relevance"] = [j.verdict and j.verdict.relevance for j in judgements]
+    return values
+
+
+def _aggregate(values: dict[str, list], stats: dict, resampler: Resampler) -> tuple[dict, dict]:
+    """Means with bootstrap intervals; BLEU and chrF from summed corpus statistics instead."""
+    aggregate: dict[str, float | None] = {}
+    intervals: dict[str, tuple[float, float] | None] = {}
+    for name, column in values.items():
+        if name in stats:
+            continue
+        present = [v for v in column if v is not None]
+        aggregate[name] = float(np.mean(present)) if present else None
+        intervals[name] = resampler.mean(column) if present else None
+    for name, corpus in stats.items():
+        aggregate[name] = corpus.corpus_score()
+        intervals[name] = resampler.corpus(corpus.stats, corpus.score)
+    return aggregate, intervals
+
+
+def _per_example_rows(rows: list[dict], values: dict[str, list], rule_scores,
+                      judgements) -> list[dict]:
+    per_example = [{"id": r["id"]} for r in rows]
+    for name, column in values.items():
+        for row, value in zip(per_example, column, strict=True):
+            row[name] = _plain(value)
+    for row, rule in zip(per_example, rule_scores, strict=True):
+        row["rule_fields"] = None if rule is None else rule.fields
+    if judgements is not None:
+        for row, j in zip(per_example, judgements, strict=True):
+            row["judge_rationale"] = j.verdict.rationale if j.verdict else None
+            row["judge_attempts"] = j.attempts
+    return per_example
 
 
 def _plain(value):

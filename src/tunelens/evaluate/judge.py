@@ -9,8 +9,9 @@ llama.cpp, hosted) or a local Hugging Face model, and a parser that tolerates ho
 really answer (prose around the JSON, or ``Accuracy: 4`` lines).
 
 A reply that cannot be parsed is asked again (``retries`` times, sampling at ``retry_temperature``
-so the retry can differ) and then recorded as missing, never a crash. A server that cannot be
-reached or does not answer in time stops the run with one line naming the URL.
+so the retry can differ) and then recorded as missing, never a crash. The HTTP side is the
+``openai`` client's: rate limits, server errors and timeouts are retried with back-off; a server
+that still cannot be reached or does not answer in time stops the run with one line naming the URL.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tunelens.errors import TunelensError
 
 SCORE_MIN, SCORE_MAX = 1, 5
 API_KEY_ENV = "TUNELENS_JUDGE_API_KEY"
+# Re-tries of one HTTP request (429, 5xx, timeouts), when the config does not say (see make_backend).
+HTTP_RETRIES = 4
 
 
 @dataclass(frozen=True)
@@ -142,54 +145,61 @@ class Backend(Protocol):
     def complete(self, prompt: str, temperature: float) -> str: ...
 
 
+def api_base(url: str) -> str:
+    """The ``/v1`` base URL (what the OpenAI client wants) from a server root, its ``/v1`` base,
+    or the chat-completions endpoint itself."""
+    url = url.rstrip("/").removesuffix("/chat/completions")
+    return url if re.search(r"/v\d+$", url) else url + "/v1"
+
+
 def chat_endpoint(url: str) -> str:
-    """The chat-completions URL from a server root, its ``/v1`` base, or the endpoint itself."""
-    url = url.rstrip("/")
-    if url.endswith("/chat/completions"):
-        return url
-    if re.search(r"/v\d+$", url):
-        return url + "/chat/completions"
-    return url + "/v1/chat/completions"
+    """The chat-completions URL the judge posts to (named in every error)."""
+    return api_base(url) + "/chat/completions"
 
 
 class HttpBackend:
-    """Any OpenAI-compatible ``/v1/chat/completions`` server (an API key is read from the env)."""
+    """Any OpenAI-compatible ``/v1/chat/completions`` server, through the ``openai`` client.
 
-    def __init__(self, url: str, model: str, timeout: float, max_tokens: int):
-        import httpx
+    The client retries what is worth retrying — 429 rate limits, 408/409, 5xx, dropped
+    connections and timeouts — with exponential back-off that honours ``Retry-After``, so one
+    rate-limited request does not abort an evaluation; ``max_retries`` caps the re-tries of one
+    request. The API key is read from ``TUNELENS_JUDGE_API_KEY`` (local servers need none).
+    """
+
+    def __init__(self, url: str, model: str, timeout: float, max_tokens: int,
+                 max_retries: int = HTTP_RETRIES):
+        from openai import OpenAI
 
         self.endpoint = chat_endpoint(url)
         self.name = f"{model} at {self.endpoint}"
         self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
-        headers = {"Authorization": f"Bearer {os.environ[API_KEY_ENV]}"} if os.environ.get(
-            API_KEY_ENV) else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self.attempts = max_retries + 1
+        self._client = OpenAI(base_url=api_base(url), api_key=os.environ.get(API_KEY_ENV) or "none",
+                              max_retries=max_retries, timeout=timeout)
 
     def complete(self, prompt: str, temperature: float) -> str:
-        import httpx
+        import openai
 
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": temperature,
-            "max_tokens": self.max_tokens,
-        }
         where = f"judge at {self.endpoint}"
+        tries = f"{self.attempts} attempt{'s' if self.attempts > 1 else ''}"
         try:
-            response = self._client.post(self.endpoint, json=body)
-        except httpx.TimeoutException:
-            raise TunelensError(f"{where}: no reply within {self.timeout:g} s (timeout)") from None
-        except httpx.ConnectError as exc:
-            raise TunelensError(f"{where}: cannot connect ({_first_line(exc)})") from None
-        except httpx.HTTPError as exc:
+            reply = self._client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": prompt}],
+                temperature=temperature, max_tokens=self.max_tokens)
+        except openai.APITimeoutError:
+            raise TunelensError(f"{where}: no reply within {self.timeout:g} s (timeout), "
+                                f"{tries}") from None
+        except openai.APIConnectionError as exc:
+            raise TunelensError(f"{where}: cannot connect ({_first_line(exc.__cause__ or exc)}), "
+                                f"{tries}") from None
+        except openai.APIStatusError as exc:
+            raise TunelensError(f"{where}: HTTP {exc.status_code} "
+                                f"({_first_line(exc.response.text)[:200]})") from None
+        except openai.OpenAIError as exc:
             raise TunelensError(f"{where}: {type(exc).__name__} ({_first_line(exc)})") from None
-        if response.status_code != 200:
-            raise TunelensError(
-                f"{where}: HTTP {response.status_code} ({_first_line(response.text)[:200]})"
-            )
         try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
             raise TunelensError(f"{where}: not an OpenAI-style chat completion reply") from None
         return content if isinstance(content, str) else ""
 
@@ -249,7 +259,10 @@ def enabled(config: JudgeConfig) -> bool:
 
 def make_backend(config: JudgeConfig):
     if config.url:
-        return HttpBackend(config.url, config.model, config.timeout_seconds, config.max_new_tokens)
+        # TODO(integrator): JudgeConfig.http_retries (config.py, H2); the constant until it lands
+        retries = getattr(config, "http_retries", HTTP_RETRIES)
+        return HttpBackend(config.url, config.model, config.timeout_seconds, config.max_new_tokens,
+                           max_retries=retries)
     if config.path:
         return LocalBackend(config.path, config.max_new_tokens)
     raise TunelensError("no judge configured: give a judge URL and model, or a local model path")

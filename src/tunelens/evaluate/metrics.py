@@ -5,6 +5,14 @@ numbers are theirs. What sacrebleu offers for resampling is per-sentence *suffic
 (n-gram match counts): we keep them so the bootstrap can re-sum them per resample and let sacrebleu
 turn each sum into a corpus score, instead of re-tokenising the corpus a thousand times. Word
 n-gram Jaccard and whitespace-normalised exact match are a few lines each and have no library home.
+
+Private API, pinned: the statistics come from ``Metric._extract_corpus_statistics`` and are scored
+by ``Metric._compute_score_from_stats`` — the two methods sacrebleu's own paired bootstrap uses.
+They are private: BLEU has a public ``BLEU.compute_bleu`` but chrF has no public counterpart, and
+the public alternative (``corpus_score`` on every resampled corpus) re-tokenises the corpus a
+thousand times. Every use goes through :func:`sacrebleu_private`, which fails with one clear
+line naming the sacrebleu version if a release moves them, and ``tests/test_evaluate.py``
+(``test_sacrebleu_private_api_is_pinned``) fails loudly on such a release before any user does.
 """
 
 from __future__ import annotations
@@ -49,6 +57,22 @@ def _rouge():
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
 
 
+SACREBLEU_PRIVATE = ("_extract_corpus_statistics", "_compute_score_from_stats")
+
+
+def sacrebleu_private(metric, name: str):
+    """``metric.<name>``, one of :data:`SACREBLEU_PRIVATE`, or a clear error if sacrebleu moved it."""
+    method = getattr(metric, name, None)
+    if not callable(method):
+        import sacrebleu
+
+        raise RuntimeError(
+            f"sacrebleu {sacrebleu.__version__} has no {type(metric).__name__}.{name}: tunelens "
+            "scores bootstrap resamples with this private sacrebleu method (see "
+            "tunelens/evaluate/metrics.py); install a sacrebleu 2.x that has it")
+    return method
+
+
 @dataclass
 class CorpusStats:
     """Per-example sufficient statistics of a corpus-level metric, and how to score a sum of them."""
@@ -61,16 +85,15 @@ class CorpusStats:
     def score(self, summed: np.ndarray) -> float:
         """The corpus score of already-summed statistics (one resample, or the whole corpus)."""
         # _compute_score_from_stats is how sacrebleu's own bootstrap scores resamples.
-        return float(self.metric._compute_score_from_stats(list(summed)).score)
+        return float(sacrebleu_private(self.metric, "_compute_score_from_stats")(list(summed)).score)
 
     def corpus_score(self) -> float:
         return self.score(self.stats.sum(axis=0))
 
     def sentence_scores(self) -> np.ndarray:
         """Each example's sentence-level score, from its own row (what sentence_score computes)."""
-        return np.array([
-            self.sentence_metric._compute_score_from_stats(list(row)).score for row in self.stats
-        ])
+        compute = sacrebleu_private(self.sentence_metric, "_compute_score_from_stats")
+        return np.array([compute(list(row)).score for row in self.stats])
 
 
 def corpus_stats(predictions: list[str], references: list[str],
@@ -80,7 +103,7 @@ def corpus_stats(predictions: list[str], references: list[str],
     metrics = {"bleu": (_bleu_corpus, _bleu_sentence), "chrf": (_chrf, _chrf)}
     for name in names:
         corpus, sentence = (make() for make in metrics[name])
-        stats = corpus._extract_corpus_statistics(predictions, [references])
+        stats = sacrebleu_private(corpus, "_extract_corpus_statistics")(predictions, [references])
         out[name] = CorpusStats(name, np.asarray(stats, dtype=np.float64), corpus, sentence)
     return out
 

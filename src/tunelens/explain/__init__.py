@@ -9,13 +9,5 @@ catalog imports without torch.
 
 from tunelens.lazy import exports
 
-_EXPORTS = {
-    "attribute": "tunelens.explain.api",
-    "AttributionMethod": "tunelens.explain.base",
-    "Job": "tunelens.explain.base",
-    "register": "tunelens.explain.base",
-    "Attribution": "tunelens.explain.result",
-    "explain_run": "tunelens.explain.run",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = exports("tunelens.explain", _EXPORTS)
+__all__, __getattr__ = exports(__name__, api="attribute", base="AttributionMethod Job register",
+                                  result="Attribution", run="explain_run")

@@ -4,6 +4,10 @@ It validates the request, splits each prompt into features, tokenizes its target
 :class:`~tunelens.explain.base.Job` per prompt to the method found by name in the registry. The
 model-wide :class:`~tunelens.explain.scorer.Scorer` is built once and shared by all prompts.
 Defaults not fixed by the contract come from :class:`tunelens.config.ExplanationConfig`.
+
+A prompt longer than the model's context (less its target) loses context from its left, as
+generation does (:mod:`tunelens.models.context`); features are never cut: a prompt whose features
+do not fit is a one-line error. ``Attribution.truncated_chars`` says what was cut.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tunelens.explain.base import Job, Options, get_method
 from tunelens.explain.features import GRANULARITIES, baseline_token, build_features
 from tunelens.explain.result import Attribution
 from tunelens.explain.scorer import Scorer
+from tunelens.models.context import prompt_budget, warn_truncated
 
 Span = tuple[int, int]
 
@@ -63,47 +68,64 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     targets = [targets] if isinstance(targets, str) else list(targets)
+    windows = _check_request(tokenizer, prompts, targets, granularity, baseline, spans, feature_window)
+    estimator = get_method(method)(**method_options)
+    options = _options(n_samples=n_samples, seed=seed, batch_size=batch_size, per_target=per_target,
+                       baseline_trials=baseline_trials, memory_budget_mb=memory_budget_mb,
+                       reuse_prefix=reuse_prefix)
+    scorer = Scorer(model, batch_size=options.batch_size, memory_budget_mb=options.memory_budget_mb,
+                    reuse_prefix=options.reuse_prefix)
+    results = []
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        job, cut = _job(model, tokenizer, i, prompt, target, granularity, baseline,
+                        spans[i] if granularity == "span" else None, windows[i], options, scorer)
+        result = estimator.explain(job)
+        result.truncated_chars = cut
+        results.append(result)
+        if progress is not None:
+            progress(i + 1)
+    warn_truncated(sum(r.truncated_chars > 0 for r in results), len(results))
+    return results
+
+
+def _check_request(tokenizer, prompts: list, targets: list, granularity: str, baseline: str, spans,
+                   feature_window) -> list:
+    """Fail before any model call on a malformed request; the feature window of each prompt."""
     if len(prompts) != len(targets):
         raise TunelensError(f"{len(prompts)} prompts but {len(targets)} targets: need one target per prompt")
     if granularity not in GRANULARITIES:
         raise TunelensError(
             f"unknown granularity '{granularity}' (expected one of {', '.join(GRANULARITIES)})"
         )
-    estimator = get_method(method)(**method_options)
-    baseline_token(tokenizer, baseline)  # fail before any work if the tokenizer lacks it
-    windows = _per_prompt(feature_window, len(prompts), "feature_window")
-    if granularity == "span":
-        if spans is None or len(spans) != len(prompts):
-            raise TunelensError("granularity 'span' needs spans: one list of (start, end) per prompt")
-    options = Options(
-        n_samples=n_samples if n_samples is not None else _default("n_samples"),
-        seed=seed if seed is not None else _default("seed"),
-        batch_size=batch_size if batch_size is not None else _default("batch_size"),
-        per_target=per_target,
-        baseline_trials=baseline_trials if baseline_trials is not None else _default("baseline_trials"),
-        memory_budget_mb=memory_budget_mb if memory_budget_mb is not None else _default("memory_budget_mb"),
-        reuse_prefix=reuse_prefix if reuse_prefix is not None else _default("reuse_prefix"),
-    )
+    baseline_token(tokenizer, baseline)  # the tokenizer has that token
+    if granularity == "span" and (spans is None or len(spans) != len(prompts)):
+        raise TunelensError("granularity 'span' needs spans: one list of (start, end) per prompt")
+    return _per_prompt(feature_window, len(prompts), "feature_window")
+
+
+def _options(**given) -> Options:
+    """Options of one call: what was given, else ExplanationConfig's defaults."""
+    options = Options(**{k: _default(k) if v is None else v for k, v in given.items()})
     if options.n_samples < 1 or options.baseline_trials < 1:
         raise TunelensError("n_samples and baseline_trials must be at least 1")
-    scorer = Scorer(model, batch_size=options.batch_size, memory_budget_mb=options.memory_budget_mb,
-                    reuse_prefix=options.reuse_prefix)
-    results = []
-    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-        if not isinstance(prompt, str) or not isinstance(target, str):
-            raise TunelensError(f"prompt and target {i} must be strings")
-        if not target:
-            raise TunelensError(f"target {i} is empty: nothing to attribute to")
-        features = build_features(tokenizer, prompt, granularity,
-                                  spans[i] if granularity == "span" else None, windows[i])
-        target_ids = np.asarray(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        job = Job(model=model, tokenizer=tokenizer, prompt=prompt, target=target, features=features,
-                  target_ids=target_ids, baseline=baseline, granularity=granularity, options=options,
-                  scorer=scorer, rng=np.random.default_rng([*_seeds(options.seed), i]))
-        results.append(estimator.explain(job))
-        if progress is not None:
-            progress(i + 1)
-    return results
+    return options
+
+
+def _job(model, tokenizer, i: int, prompt, target, granularity: str, baseline: str, spans, window,
+         options: Options, scorer: Scorer) -> tuple[Job, int]:
+    """Prompt ``i`` split into features and fitted into the model's context beside its target
+    (:meth:`Features.fit`), and the characters of context that fitting cut."""
+    if not isinstance(prompt, str) or not isinstance(target, str):
+        raise TunelensError(f"prompt and target {i} must be strings")
+    if not target:
+        raise TunelensError(f"target {i} is empty: nothing to attribute to")
+    features = build_features(tokenizer, prompt, granularity, spans, window)
+    target_ids = np.asarray(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    features, cut = features.fit(prompt_budget(model, len(target_ids), what="the target"))
+    job = Job(model=model, tokenizer=tokenizer, prompt=prompt, target=target, features=features,
+              target_ids=target_ids, baseline=baseline, granularity=granularity, options=options,
+              scorer=scorer, rng=np.random.default_rng([*_seeds(options.seed), i]))
+    return job, cut
 
 
 def _seeds(seed) -> list[int]:

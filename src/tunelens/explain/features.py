@@ -38,9 +38,35 @@ class Features:
     spans: list[tuple[int, int]]
     token_offsets: np.ndarray
     special: np.ndarray
+    window_first: int = 0
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def fit(self, budget: int | None) -> tuple[Features, int]:
+        """These features in at most ``budget`` tokens, and the characters cut to get there.
+
+        The rule of :mod:`tunelens.models.context`: context is cut from the left, after the
+        leading special tokens (BOS). Only context before the feature window may go; when even
+        that is not enough the prompt does not fit, a one-line error (the caller names it).
+        """
+        excess = len(self.input_ids) - budget if budget is not None else 0
+        if excess <= 0:
+            return self, 0
+        lead = int(np.argmin(self.special)) if not self.special.all() else len(self.special)
+        if lead + excess > self.window_first:
+            raise TunelensError(
+                f"the prompt's features need {len(self.input_ids) - self.window_first + lead} "
+                f"tokens with what follows them, more than the {budget} the model's context leaves "
+                "beside the target"
+            )
+        keep = np.r_[0:lead, lead + excess:len(self.input_ids)]
+        lead_end = int(self.token_offsets[:lead, 1].max()) if lead else 0
+        cut = int(self.token_offsets[lead + excess, 0]) - lead_end
+        fitted = Features(self.input_ids[keep], [g - excess for g in self.groups], self.texts,
+                          self.spans, self.token_offsets[keep], self.special[keep],
+                          self.window_first - excess)
+        return fitted, cut
 
     @property
     def first_positions(self) -> np.ndarray:
@@ -102,7 +128,7 @@ def build_features(tokenizer, prompt: str, granularity: str = "token",
     if not groups:
         raise TunelensError(f"prompt has no {granularity} features to attribute: {prompt[:60]!r}")
     texts = [prompt[s:e] for s, e in char_spans]
-    return Features(ids, groups, texts, char_spans, offsets, special)
+    return Features(ids, groups, texts, char_spans, offsets, special, int(np.argmax(inside)))
 
 
 def _stripped(prompt: str, start: int, end: int) -> tuple[int, int]:

@@ -16,6 +16,8 @@ class Attribution:
     target sequence, and ``per_target[t, j]`` (when computed) its attribution to target token t.
     ``forward_passes`` counts model calls (a batch is one call) and ``perturbations`` the distinct
     perturbed inputs scored, so methods and tools can be compared on cost as well as values.
+    ``truncated_chars`` counts the prompt characters cut from its start to fit the model's
+    context (0 when it fitted; :mod:`tunelens.models.context`).
     """
 
     tokens: list[str]
@@ -29,3 +31,4 @@ class Attribution:
     granularity: str = "token"
     baseline: str = "unk"
     perturbations: int = 0
+    truncated_chars: int = 0

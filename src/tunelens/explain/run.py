@@ -6,9 +6,15 @@ Each example's clause is placed in the prompt exactly as the model saw it (the p
 template around it is context. Offsets are stored relative to the clause, and each feature gets
 the category of the clause text it covers (:mod:`tunelens.data.compliance.categories`).
 
+A prompt longer than the model's context loses template context from its left, never clause
+tokens (:mod:`tunelens.models.context`); a clause that does not fit is an error naming the
+example. ``truncated_chars`` in the sidecar records and ``truncated_examples`` in the summary
+count what was cut, with one warning per run.
+
 Attribution is the slow stage of a study, so it is resumable: every finished example is appended
-to a sidecar file beside the output, tagged with a fingerprint of the model, data and settings; a
-rerun with the same fingerprint skips those examples. The parquet (and the HTML heat-map) are
+to a sidecar file beside the output, tagged with a fingerprint of the *content* of the model's
+folders, the data and the settings (:func:`tunelens.fingerprint.fingerprint`); a rerun with the
+same fingerprint skips those examples. The parquet (and the HTML heat-map) are
 written atomically at the end, and the sidecar is removed.
 """
 
@@ -17,13 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 from tunelens.config import ExplanationConfig
+from tunelens.contracts import ClauseRow, check_unique_ids, read_rows
 from tunelens.errors import TunelensError
 from tunelens.explain.api import attribute
 from tunelens.explain.heatmap import write_heatmap
-from tunelens.io import atomic_path, read_jsonl
+from tunelens.fingerprint import fingerprint
+from tunelens.io import atomic_path
+from tunelens.models.context import ContextWarning, context_length, min_tokens, warn_truncated
+from tunelens.models.loading import model_sources
 from tunelens.progress import item_bar
 
 COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score", "method",
@@ -42,7 +53,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     data, out = Path(data), Path(out)
     if out.suffix != ".parquet":
         raise TunelensError(f"{out}: the output must be a .parquet file")
-    examples = _examples(data, config)
+    examples = read_examples(data, config)
     sidecar = out.with_name(f".{out.name}.partial.jsonl")
     stamp = _fingerprint(model, data, config)
     done = _resume(sidecar, stamp)
@@ -53,14 +64,13 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     llm = place_on_device(llm)
     todo = [ex for ex in examples if ex["example_id"] not in done]
     start = time.perf_counter()
-    passes = perturbations = 0
-    with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log:
+    with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", ContextWarning)  # counted once for the run, below
         task = bar.add_task(f"explaining ({Path(str(model)).name})", total=len(examples),
                             completed=len(examples) - len(todo))
         for ex in todo:
             record = _explain_one(llm, tokenizer, ex, config)
-            passes += record.pop("forward_passes")
-            perturbations += record.pop("perturbations")
             log.write(json.dumps(record, ensure_ascii=False) + "\n")
             log.flush()
             done[ex["example_id"]] = record
@@ -68,13 +78,11 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     seconds = time.perf_counter() - start
 
     records = [done[ex["example_id"]] for ex in examples]
-    _write_parquet(out, [row for rec in records for row in rec["rows"]])
-    heatmap = None
-    if config.heatmap:
-        heatmap = write_heatmap(out.with_suffix(".html"), records,
-                                title=f"attributions: {Path(str(model)).name}", method=config.method,
-                                granularity=config.granularity, baseline=config.baseline)
+    heatmap = _write_outputs(out, records, model, config)
     sidecar.unlink(missing_ok=True)
+    truncated = sum(rec.get("truncated_chars", 0) > 0 for rec in records)
+    warn_truncated(truncated, len(records), "examples")
+    new = [done[ex["example_id"]] for ex in todo]
     return {
         "model": str(model),
         "out": str(out),
@@ -83,68 +91,106 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         "resumed": len(examples) - len(todo),
         "features": sum(len(rec["rows"]) for rec in records),
         "method": config.method,
-        "forward_passes": passes,
-        "perturbations": perturbations,
+        "forward_passes": sum(rec["forward_passes"] for rec in new),
+        "perturbations": sum(rec["perturbations"] for rec in new),
+        "truncated_examples": truncated,
         "seconds": round(seconds, 3),
     }
 
 
-def _examples(data: Path, config: ExplanationConfig) -> list[dict]:
-    rows = read_jsonl(data, required=("prompt",))
+def read_examples(data: Path, config: ExplanationConfig) -> list[dict]:
+    """The examples to explain: clause, target and the prompt the model saw, checked, ids unique.
+
+    Rows are read through :func:`tunelens.contracts.read_rows` (a prompt that is not text is an
+    error naming ``file:line``, never read as text); the target field is checked here, as only
+    this stage knows which one it needs.
+    """
+    rows = read_rows(data, ClauseRow)
     key = "prediction" if config.target == "generation" else None
-    out, seen = [], set()
-    for line, row in enumerate(rows, start=1):
-        clause = row["prompt"]
-        if not isinstance(clause, str) or not clause.strip():
-            raise TunelensError(f"{data}:{line}: 'prompt' must be a non-empty string")
-        field = key or next((k for k in ("completion", "reference") if row.get(k) is not None), None)
-        if field is None or row.get(field) is None:
+    out, ids = [], []
+    for n, row in enumerate(rows, start=1):
+        field = key or next((k for k in ("completion", "reference") if getattr(row, k, None) is not None),
+                            None)
+        if field is None or getattr(row, field, None) is None:
             wanted = "'prediction' (target: generation)" if key else "'completion' or 'reference'"
-            raise TunelensError(f"{data}:{line}: no {wanted} field to use as the target")
-        target = row[field]
+            raise TunelensError(f"{row.where}: no {wanted} field to use as the target")
+        target = getattr(row, field)
         if not isinstance(target, str) or not target:
-            raise TunelensError(f"{data}:{line}: '{field}' must be a non-empty string")
-        example_id = str(row.get("id", line))
-        if example_id in seen:
-            raise TunelensError(f"{data}:{line}: duplicate id {example_id!r}")
-        seen.add(example_id)
-        out.append({"example_id": example_id, "clause": clause, "target": target,
-                    "rendered": row.get("rendered_prompt")})
+            raise TunelensError(f"{row.where}: '{field}' must be a non-empty string")
+        example_id = str(n) if row.id is None else row.id
+        ids.append((example_id, row.where))
+        out.append({"example_id": example_id, "clause": row.prompt, "target": target,
+                    "rendered": getattr(row, "rendered_prompt", None)})
+    check_unique_ids(ids)
     return out[:config.max_examples] if config.max_examples else out
 
 
 def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
+    """One example's record: its attribution rows (clause-relative, with categories) and costs."""
     from tunelens.data.compliance.categories import category_at, tag
-    from tunelens.data.templates import render_prompt
 
     clause = ex["clause"]
-    rendered = ex["rendered"] if isinstance(ex["rendered"], str) and clause in ex["rendered"] \
-        else render_prompt(tokenizer, clause)
-    lo = rendered.rfind(clause)
-    if lo < 0:
-        raise TunelensError(f"example {ex['example_id']}: the prompt template does not contain the clause")
-    hi = lo + len(clause)
+    rendered, lo = _placed(tokenizer, ex)
+    _check_fits(llm, tokenizer, ex)
     tags = tag(clause)
     spans = [[(s.start + lo, s.end + lo) for s in tags]] if config.granularity == "span" else None
     if spans is not None and not spans[0]:
         raise TunelensError(f"example {ex['example_id']}: granularity 'span' but the clause has no "
                             "tagged spans")
-    result = attribute(
-        llm, tokenizer, [rendered], [ex["target"]], method=config.method,
-        granularity=config.granularity, baseline=config.baseline, spans=spans, feature_window=(lo, hi),
-        n_samples=config.n_samples, seed=[config.seed, _stable_int(ex["example_id"])],
-        batch_size=config.batch_size, per_target=False, baseline_trials=config.baseline_trials,
-        memory_budget_mb=config.memory_budget_mb, reuse_prefix=config.reuse_prefix,
-    )[0]
+    try:
+        result = attribute(
+            llm, tokenizer, [rendered], [ex["target"]], method=config.method,
+            granularity=config.granularity, baseline=config.baseline, spans=spans,
+            feature_window=(lo, lo + len(clause)), n_samples=config.n_samples,
+            seed=[config.seed, _stable_int(ex["example_id"])], batch_size=config.batch_size,
+            per_target=False, baseline_trials=config.baseline_trials,
+            memory_budget_mb=config.memory_budget_mb, reuse_prefix=config.reuse_prefix,
+        )[0]
+    except TunelensError as exc:
+        raise TunelensError(f"example {ex['example_id']}: {exc}") from None
     rows = []
     for j, ((s, e), token, score) in enumerate(zip(result.spans, result.tokens, result.scores, strict=True)):
         start, end = max(s - lo, 0), min(e - lo, len(clause))
         rows.append({"example_id": ex["example_id"], "position": j, "token": token, "start": start,
                      "end": end, "category": category_at(tags, start, end), "score": float(score),
                      "method": result.method, "target_logprob": result.target_logprob})
-    return {"example_id": ex["example_id"], "clause": clause, "target": ex["target"],
-            "target_logprob": result.target_logprob, "rows": rows,
-            "forward_passes": result.forward_passes, "perturbations": result.perturbations}
+    record = {"example_id": ex["example_id"], "clause": clause, "target": ex["target"],
+              "target_logprob": result.target_logprob, "rows": rows,
+              "forward_passes": result.forward_passes, "perturbations": result.perturbations}
+    if result.truncated_chars:
+        record["truncated_chars"] = result.truncated_chars
+    return record
+
+
+def _placed(tokenizer, ex: dict) -> tuple[str, int]:
+    """The prompt the model saw (the predictions' own, else the template) and where the clause starts."""
+    from tunelens.data.templates import render_prompt
+
+    clause, rendered = ex["clause"], ex["rendered"]
+    if not (isinstance(rendered, str) and clause in rendered):
+        rendered = render_prompt(tokenizer, clause)
+    lo = rendered.rfind(clause)
+    if lo < 0:
+        raise TunelensError(f"example {ex['example_id']}: the prompt template does not contain the clause")
+    return rendered, lo
+
+
+def _check_fits(llm, tokenizer, ex: dict) -> None:
+    """Refuse at once a clause that cannot fit the context whatever is cut (before tokenizing it:
+    a multi-megabyte clause would take seconds to tokenize only to be refused)."""
+    limit = context_length(llm)
+    if limit is not None and min_tokens(tokenizer, ex["clause"]) > limit:
+        raise TunelensError(f"example {ex['example_id']}: the clause ({len(ex['clause'])} characters) "
+                            f"cannot fit the model's context ({limit} tokens)")
+
+
+def _write_outputs(out: Path, records: list[dict], model: str, config: ExplanationConfig) -> Path | None:
+    """The parquet and, when asked, the heat-map beside it; the heat-map's path."""
+    _write_parquet(out, [row for rec in records for row in rec["rows"]])
+    if not config.heatmap:
+        return None
+    return write_heatmap(out.with_suffix(".html"), records, title=f"attributions: {Path(str(model)).name}",
+                         method=config.method, granularity=config.granularity, baseline=config.baseline)
 
 
 def _write_parquet(out: Path, rows: list[dict]) -> None:
@@ -160,15 +206,11 @@ def _write_parquet(out: Path, rows: list[dict]) -> None:
 
 
 def _fingerprint(model: str, data: Path, config: ExplanationConfig) -> str:
-    h = hashlib.sha256()
-    h.update(str(Path(str(model)).resolve() if Path(str(model)).exists() else model).encode())
-    for name in ("run.json", "adapter_model.safetensors", "model.safetensors"):
-        f = Path(str(model)) / name
-        if f.exists():
-            h.update(f"{name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-    h.update(data.read_bytes())
-    h.update(config.model_dump_json().encode())
-    return h.hexdigest()[:16]
+    """The content of what this run reads (the model's folders, the data) and its settings: a
+    ``touch`` or a copied folder keeps finished examples, an edited row or weight does not."""
+    sources = model_sources(str(model))
+    return fingerprint(config.model_dump(mode="json"), None if sources else str(model),
+                       files=[*sources, data])
 
 
 def _stable_int(text: str) -> int:

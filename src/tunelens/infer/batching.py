@@ -13,6 +13,10 @@ is choosing the batches. The rule used here:
 3. If a batch still runs out of memory it is split in half and both halves are retried; a
    single row that runs out of memory is a user error (shorten the input or max_new_tokens).
 
+Before any of that, every prompt is fitted into the model's context less ``max_new_tokens``
+(:mod:`tunelens.models.context`: cut from the left, one warning with the count), so an over-long
+prompt costs a truncation, not minutes of attention over positions the model never learned.
+
 Each batch is seeded from the study seed and its first row's rank in the sorted order, so the
 same seed, data and batch settings give the same samples, retries included.
 
@@ -35,20 +39,28 @@ from tunelens.config import GenerationConfig
 from tunelens.data.templates import has_chat_template
 from tunelens.errors import TunelensError
 from tunelens.infer.sampling import StopCriteria, eos_token_ids, hf_generation_config, truncate_at_stop
+from tunelens.models.context import Fitted, fit_to_context, prompt_budget
 
 
 @dataclass
 class Generation:
-    """One prompt's output: ``samples`` (one unless num_samples > 1) and tokens generated."""
+    """One prompt's output: ``samples`` (one unless num_samples > 1), tokens generated, and the
+    characters cut from the prompt's start to fit the context (0 when it fitted)."""
 
     samples: list[str]
     tokens: int
+    truncated_chars: int = 0
+
+
+def fit_prompts(tokenizer, prompts: list[str], budget: int | None = None) -> list[Fitted]:
+    """Token ids per prompt within ``budget``; a chat template already holds BOS, the plain
+    template gets it added."""
+    return fit_to_context(tokenizer, prompts, budget, add_special_tokens=not has_chat_template(tokenizer))
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids per prompt; a chat template already holds BOS, the plain template gets it added."""
-    add_special = not has_chat_template(tokenizer)
-    return [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
+    """Token ids per prompt, uncut (what :func:`generate_texts` feeds when everything fits)."""
+    return [f.ids for f in fit_prompts(tokenizer, prompts)]
 
 
 def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int, max_new_tokens: int,
@@ -88,7 +100,8 @@ def generate_texts(model, tokenizer, prompts: list[str], config: GenerationConfi
     """
     if tokenizer.pad_token_id is None:
         raise TunelensError("the tokenizer has neither a pad nor an EOS token; cannot batch")
-    encoded = encode_prompts(tokenizer, prompts)
+    fitted = fit_prompts(tokenizer, prompts, prompt_budget(model, config.max_new_tokens))
+    encoded = [f.ids for f in fitted]
     queue = plan_batches([len(e) for e in encoded], config.batch_size, config.max_batch_tokens,
                          config.max_new_tokens, config.num_samples)
     rank = {row: n for n, row in enumerate(i for batch in queue for i in batch)}
@@ -114,6 +127,7 @@ def generate_texts(model, tokenizer, prompts: list[str], config: GenerationConfi
             queue[:0] = [batch[:half], batch[half:]]
             continue
         for i, out in zip(batch, outputs, strict=True):
+            out.truncated_chars = fitted[i].truncated_chars
             results[i] = out
         if on_batch is not None:
             on_batch(len(batch), sum(o.tokens for o in outputs))

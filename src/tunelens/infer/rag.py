@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunelens.contracts import ClauseRow, check_unique_ids, read_rows
 from tunelens.errors import TunelensError
 from tunelens.io import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
 from tunelens.models.embeddings import default_embedding_path, embed
@@ -35,20 +36,16 @@ def _key(text: str) -> str:
 def build_index(corpus: Path, out: Path, embedding_model: str | None = None) -> dict:
     """Embed every ``prompt`` of ``corpus`` (JSONL with prompt/completion) into a FAISS index at ``out``.
 
-    Rows without an ``id`` get their line rank as id. Returns the manifest.
+    Rows without an ``id`` get their rank as id; a prompt or completion that is not text is an
+    error naming ``file:line``. Returns the manifest.
     """
     import faiss
 
     corpus, out = Path(corpus), Path(out)
-    rows = read_jsonl(corpus, required=("prompt", "completion"))
-    for n, row in enumerate(rows):
-        if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
-            raise TunelensError(f"{corpus}: row {n + 1}: prompt and completion must be strings")
-        row["id"] = str(row.get("id", n))
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise TunelensError(f"{corpus}: duplicate id {dup!r}")
+    parsed = read_rows(corpus, ClauseRow, require=("completion",))
+    rows = [{**row.model_dump(exclude_unset=True), "id": str(n) if row.id is None else row.id}
+            for n, row in enumerate(parsed)]
+    check_unique_ids((r["id"], row.where) for r, row in zip(rows, parsed, strict=True))
     vectors = np.ascontiguousarray(embed([r["prompt"] for r in rows], path=embedding_model),
                                    dtype=np.float32)
     index = faiss.IndexFlatIP(vectors.shape[1])

@@ -41,7 +41,7 @@ fixture for studying fine-tuning, not a useful language model.
 
 {corpus['source']}, non-holdout rows only ({corpus['clauses']} unique
 clauses and {corpus['rules']} unique rules; {corpus['holdout_rows_excluded']} holdout rows
-excluded; corpus sha256 `{corpus['sha256'][:16]}`). Clauses and rules were
+excluded; corpus fingerprint `{corpus['fingerprint']}`). Clauses and rules were
 seen as separate documents, never as pairs, so the clause-to-rule mapping is left to fine-tuning.
 
 ## Loading

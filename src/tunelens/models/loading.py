@@ -16,6 +16,7 @@ Two checks are ours because transformers does not make them:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -52,11 +53,21 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
     ``dtype`` is one of :data:`DTYPES` (``auto``: what the checkpoint declares). Remote code runs
     only when ``trust_remote_code`` is asked for explicitly.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise TunelensError(f"{path_or_id}: unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    source, local_only, config = _checked_config(path_or_id, trust_remote_code)
+    kwargs = _load_kwargs(path_or_id, dtype, quantization, device_map, trust_remote_code, local_only)
+    with _load_errors(path_or_id, config):
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    if quantization is not None:
+        _keep_generic_4bit_path_where_unpackable(model)
+    return model, _tokenizer(path_or_id, source, local_only, trust_remote_code)
+
+
+def _checked_config(path_or_id: str, trust_remote_code: bool):
+    """(source, local_only, model config) of a causal LM, or a one-line error."""
+    from transformers import AutoConfig
+
     source, local_only = _source(path_or_id)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
@@ -64,23 +75,36 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
     except (OSError, ValueError) as exc:
         raise TunelensError(_cannot_load(path_or_id, "model config", exc)) from None
     _require_causal_lm(path_or_id, config)
+    return source, local_only, config
+
+
+def _load_kwargs(path_or_id: str, dtype: str, quantization, device_map: str | None,
+                 trust_remote_code: bool, local_only: bool) -> dict:
+    """``from_pretrained`` keyword arguments for a base model (dtype, quantization, placement)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise TunelensError(f"{path_or_id}: unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     kwargs: dict = {"trust_remote_code": trust_remote_code, "local_files_only": local_only,
                     "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device_map:
         kwargs["device_map"] = device_map
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization)
+    return kwargs
+
+
+@contextlib.contextmanager
+def _load_errors(path_or_id: str, config):
+    """transformers' loading failures as one line naming what was being loaded."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        yield
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise TunelensError(_not_causal(path_or_id, config)) from None
         raise
     except OSError as exc:
         raise TunelensError(_cannot_load(path_or_id, "model weights", exc)) from None
-    if quantization is not None:
-        _keep_generic_4bit_path_where_unpackable(model)
-    return model, _tokenizer(path_or_id, source, local_only, trust_remote_code)
 
 
 def _keep_generic_4bit_path_where_unpackable(model) -> None:
@@ -125,33 +149,81 @@ def bnb_config(quant):
 def load_for_inference(model: str, quantization=None):
     """Load a trained run folder (full weights or a PEFT adapter over its base) or any model path/id.
 
-    A run folder is recognised by its ``run.json``. Adapters are loaded unmerged on top of the
-    base model, which is re-quantized the way it was trained for ``qlora`` runs.
+    A folder with an ``adapter_config.json`` is an adapter: peft's ``AutoPeftModelForCausalLM``
+    loads the base the adapter names (``base_model_name_or_path``: training loads local bases by
+    their absolute path, see :func:`_source`) and puts the adapter on it, unmerged. The base is
+    re-quantized the way it was trained for ``qlora`` runs (``run.json``'s ``quantization``).
     """
-    import json
-
-    run_json = Path(model) / "run.json"
-    if not run_json.exists():
+    folder = Path(model)
+    if not (folder / "adapter_config.json").is_file():
         return load_model(model, quantization=quantization)
-    info = json.loads(run_json.read_text())
-    if not (Path(model) / "adapter_config.json").exists():
-        return load_model(model, quantization=quantization)
-    from peft import PeftModel
+    from peft import AutoPeftModelForCausalLM
 
+    info = _run_info(folder)
     if quantization is None and info.get("strategy") == "qlora":
         from tunelens.config import QuantConfig
 
         quantization = QuantConfig(**info.get("quantization", {}))
-    base, _ = load_model(info["base_model"], quantization=quantization)
-    tuned = PeftModel.from_pretrained(base, model)
+    base = _adapter_base(folder, info)
+    _, local_only, config = _checked_config(base, False)
+    kwargs = _load_kwargs(base, "float32", quantization, None, False, local_only)
+    with _load_errors(base, config):
+        tuned = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    if quantization is not None:
+        _keep_generic_4bit_path_where_unpackable(tuned)
     return tuned, load_tokenizer(model)
+
+
+def model_sources(model: str) -> list[Path]:
+    """The local folders :func:`load_for_inference` reads for ``model``: the folder itself and,
+    for an adapter, its base (when that is local). Empty for a hub id. A stage fingerprints their
+    content (:func:`tunelens.fingerprint.fingerprint`) to know when a model changed."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return []
+    sources = [folder]
+    if (folder / "adapter_config.json").is_file():
+        base = Path(_adapter_base(folder, _run_info(folder))).expanduser()
+        if base.is_dir():
+            sources.append(base)
+    return sources
+
+
+def _run_info(folder: Path) -> dict:
+    """The run's ``run.json`` (empty for an adapter saved by other tools)."""
+    from tunelens.io import read_json
+
+    path = folder / "run.json"
+    info = read_json(path) if path.is_file() else {}
+    if not isinstance(info, dict):
+        raise TunelensError(f"{path}: expected a JSON object")
+    return info
+
+
+def _adapter_base(folder: Path, info: dict) -> str:
+    """The base model an adapter names, checked to be there before peft tries to load it."""
+    from tunelens.io import read_json
+
+    config = read_json(folder / "adapter_config.json")
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise TunelensError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
+    if _looks_like_path(base) and not Path(base).expanduser().exists():
+        recorded = info.get("base_model")
+        hint = f" (run.json records {recorded})" if recorded and recorded != base else ""
+        raise TunelensError(f"{folder / 'adapter_config.json'}: the base model {base} is not "
+                            f"there{hint}; the adapter cannot be loaded without it")
+    return base
 
 
 def _source(path_or_id: str) -> tuple[str, bool]:
     """(what to pass to ``from_pretrained``, whether to stay off the network) or a one-line error.
 
-    A local folder wins. Anything shaped like a path that does not exist fails at once, as does a
-    hub id when the hub cannot be reached and the files are not in the local cache.
+    A local folder wins, by its absolute path: transformers records that as the model's
+    ``name_or_path``, which peft writes into an adapter's config as its base, so an adapter
+    trained from a relative path still finds its base from any working folder. Anything shaped
+    like a path that does not exist fails at once, as does a hub id when the hub cannot be
+    reached and the files are not in the local cache.
     """
     if not str(path_or_id).strip():
         raise TunelensError("empty model path or hub id")
@@ -159,7 +231,7 @@ def _source(path_or_id: str) -> tuple[str, bool]:
     if path.exists():
         if not path.is_dir():
             raise TunelensError(f"{path_or_id}: is a file; expected a model folder or a hub id")
-        return str(path), False
+        return str(path.resolve()), False
     if _looks_like_path(path_or_id):
         raise TunelensError(f"{path_or_id}: no such model folder")
     if _offline():

@@ -65,53 +65,10 @@ def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_siz
     small gain little from a second thread while losing badly when cores are shared (in one
     measurement on a loaded 2-core machine, a quick ladder took 18 s with one thread, 240 s with two).
     """
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        PrinterCallback,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    class _StepCallback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if on_step is not None:
-                on_step(state.global_step)
-
-    dataset = Dataset.from_dict({"input_ids": blocks})
-    logging_steps = max(1, steps // 10)
     with tempfile.TemporaryDirectory(prefix="tunelens-pretrain-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, round(warmup_ratio * steps)),
-            weight_decay=weight_decay,
-            logging_strategy="steps",
-            logging_steps=logging_steps,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            log_level="error",
-            seed=seed,
-            data_seed=seed,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            include_num_input_tokens_seen="all",
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-            callbacks=[_StepCallback()],
-        )
-        trainer.remove_callback(PrinterCallback)  # progress is the caller's; no raw log dicts
+        args = _training_args(tmp, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                              seed=seed, warmup_ratio=warmup_ratio, weight_decay=weight_decay)
+        trainer = _trainer(model, tokenizer, blocks, args, on_step)
         start = time.perf_counter()
         with _threads(cpu_threads if model.device.type == "cpu" else None):
             trainer.train()
@@ -124,6 +81,56 @@ def pretrain(model, tokenizer, blocks: list[list[int]], *, steps: int, batch_siz
         seconds=seconds,
         loss_history=history,
     )
+
+
+def _training_args(output_dir: str, *, steps: int, batch_size: int, learning_rate: float, seed: int,
+                   warmup_ratio: float, weight_decay: float):
+    """The reference recipe: AdamW, warmup + cosine, seeded sampler, ten loss logs, no saving."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, round(warmup_ratio * steps)),
+        weight_decay=weight_decay,
+        logging_strategy="steps",
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        log_level="error",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        include_num_input_tokens_seen="all",
+    )
+
+
+def _trainer(model, tokenizer, blocks: list[list[int]], args, on_step: Callable[[int], None] | None):
+    """A Trainer over the packed blocks that reports each finished step to ``on_step``."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback
+
+    class _StepCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_step is not None:
+                on_step(state.global_step)
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": blocks}),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=[_StepCallback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress is the caller's; no raw log dicts
+    return trainer
 
 
 @contextlib.contextmanager

@@ -23,8 +23,6 @@ do not belong in :mod:`tunelens.config`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -35,6 +33,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelens.errors import TunelensError
+from tunelens.fingerprint import fingerprint
 from tunelens.io import atomic_dir, read_json, write_json, write_text
 from tunelens.models.card import model_card
 
@@ -73,30 +72,21 @@ class Preset:
 # 4-layer top rung ended with a higher loss than the rung below it. With at most two layers and
 # these peak learning rates the final loss falls monotonically with size on the bundled corpus
 # (quick: about 4.3, 3.4, 2.8, 2.6; demo: about 3.3, 1.9, 1.8, 1.5; see benchmarks/zoo_build.py).
+def _rungs(prefix: str, *shapes: tuple) -> tuple[Rung, ...]:
+    """Rungs ``<prefix>1..N`` from (hidden, layers, heads, MLP width, learning rate) tuples."""
+    return tuple(Rung(f"{prefix}{i}", *shape) for i, shape in enumerate(shapes, start=1))
+
+
 PRESETS: dict[str, Preset] = {
     # Tests and CI: ~19k to ~0.78M parameters (41x); about 15 s on one CPU core, ~1.5 epochs.
-    "quick": Preset(
-        name="quick", vocab_size=512, block_size=128, batch_size=8, steps=80, max_positions=512,
-        seed=0,
-        rungs=(
-            Rung("tl-q1", 16, 1, 2, 32, 5e-3),
-            Rung("tl-q2", 32, 2, 2, 64, 5e-3),
-            Rung("tl-q3", 64, 2, 4, 128, 5e-3),
-            Rung("tl-q4", 160, 2, 5, 432, 3e-3),
-        ),
-    ),
+    "quick": Preset("quick", vocab_size=512, block_size=128, batch_size=8, steps=80, max_positions=512,
+                    seed=0, rungs=_rungs("tl-q", (16, 1, 2, 32, 5e-3), (32, 2, 2, 64, 5e-3),
+                                         (64, 2, 4, 128, 5e-3), (160, 2, 5, 432, 3e-3))),
     # The demo study: ~40k to ~2.1M parameters (53x); one to two minutes on one CPU core,
     # ~8 epochs of the corpus.
-    "demo": Preset(
-        name="demo", vocab_size=1024, block_size=256, batch_size=8, steps=150, max_positions=512,
-        seed=0,
-        rungs=(
-            Rung("tl-d1", 16, 2, 2, 48, 5e-3),
-            Rung("tl-d2", 64, 2, 4, 172, 5e-3),
-            Rung("tl-d3", 128, 2, 4, 344, 3e-3),
-            Rung("tl-d4", 256, 2, 8, 688, 2e-3),
-        ),
-    ),
+    "demo": Preset("demo", vocab_size=1024, block_size=256, batch_size=8, steps=150, max_positions=512,
+                   seed=0, rungs=_rungs("tl-d", (16, 2, 2, 48, 5e-3), (64, 2, 4, 172, 5e-3),
+                                        (128, 2, 4, 344, 3e-3), (256, 2, 8, 688, 2e-3))),
 }
 
 
@@ -225,7 +215,7 @@ def build_zoo(preset: str, out: Path, force: bool = False, *,
         tokenizer = train_tokenizer(_tokenizer_corpus(clauses, rules), vocab_size=spec.vocab_size)
         blocks = (pack_blocks(tokenizer, clauses, spec.block_size)
                   + pack_blocks(tokenizer, rules, spec.block_size))
-        entries = _train_ladder(spec, tokenizer, blocks, tmp, console)
+        entries = _train_ladder(spec, tokenizer, blocks, tmp)
         corpus = {
             "source": source,
             "rows": len(rows),
@@ -234,7 +224,7 @@ def build_zoo(preset: str, out: Path, force: bool = False, *,
             "rules": len(rules),
             "blocks": len(blocks),
             "tokens": len(blocks) * spec.block_size,
-            "sha256": key["corpus_sha256"],
+            "fingerprint": key["corpus"],
         }
         for entry in entries:
             write_text(tmp / entry["path"] / "README.md", model_card(spec, entry, corpus))
@@ -258,30 +248,34 @@ def read_ladder(out: str | Path) -> list[dict]:
 
 
 def build_key(spec: Preset, clauses: Sequence[str], rules: Sequence[str]) -> dict:
-    """What makes two builds identical: the recipe, the corpus, this code and the libraries."""
+    """What makes two builds identical: the recipe, the corpus, this code and the libraries.
+
+    Each part is a :func:`tunelens.fingerprint.fingerprint` (the code part hashes the *content*
+    of :func:`build_sources`), recorded in ladder.json so a reader can see which part changed.
+    """
     import tokenizers
     import torch
     import transformers
 
     import tunelens
     from tunelens.data.templates import render_plain
-    from tunelens.models import card, pretrain
 
-    texts = [list(clauses), list(rules), render_plain("")]
-    corpus = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
-    sources = (__file__, pretrain.__file__, card.__file__)
-    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()
     parts = {
         "preset": asdict(spec),
-        "corpus_sha256": corpus,
-        "tunelens": tunelens.__version__,
-        "code_sha256": code,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
+        "corpus": fingerprint("zoo corpus", list(clauses), list(rules), render_plain("")),
+        "code": fingerprint("zoo code", files=build_sources()),
+        "versions": {"tunelens": tunelens.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
     }
-    parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    parts["hash"] = fingerprint("zoo build", parts)
     return parts
+
+
+def build_sources() -> list[Path]:
+    """The source files whose code decides what a build produces (an edit to one rebuilds)."""
+    from tunelens.models import card, pretrain
+
+    return [Path(__file__), Path(pretrain.__file__), Path(card.__file__)]
 
 
 def _preset(name: str) -> Preset:
@@ -329,15 +323,12 @@ def _complete(out: Path, ladder: dict) -> bool:
                for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path, console) -> list[dict]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path) -> list[dict]:
     from tunelens.models.pretrain import pretrain
+    from tunelens.progress import item_bar
 
     entries = []
-    columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with item_bar() as progress:
         for rung in spec.rungs:
             task = progress.add_task(rung.name, total=spec.steps)
             model = new_llama(tokenizer, rung.hidden_size, rung.num_layers, rung.num_heads,

@@ -1,8 +1,10 @@
 """``write_report``: a study folder in, one self-contained ``report.html`` and ``figures/*.png`` out.
 
-The report reads what ``compare`` wrote in ``stats/``; when those files are missing or older than
-the study's outputs (a cell was re-run), it runs ``compare_study`` first so the report never
-shows numbers from a previous state of the study.
+The report reads what ``compare`` wrote in ``stats/``; when those files are missing, or the
+content fingerprint of the files compare reads no longer matches the one stored with them
+(``stats/inputs.json``: a cell was re-run, a metrics file edited), it runs ``compare_study``
+first, so the report never shows numbers from a previous state of the study. Fingerprints hash
+content, not modification times: a copied or touched study is not recomputed.
 """
 
 from __future__ import annotations
@@ -10,31 +12,24 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from tunelens.compare import (
-    STAT_FILES,
-    compare_study,
-    load_stats,
-    read_attributions,
-)
+from tunelens import format as formatting
+from tunelens.compare import compare_study, input_fingerprint, load_stats, read_attributions, strategy_key
+from tunelens.compare.api import stored_fingerprint
 from tunelens.config import ComparisonConfig, ReportConfig, load_study
 from tunelens.errors import TunelensError
+from tunelens.evaluate import specs
+from tunelens.explain.heatmap import legend
 from tunelens.io import write_text
+from tunelens.layout import RunIdentity, StudyLayout
 from tunelens.report import figures
 from tunelens.report.findings import digest
 from tunelens.report.html import data_uri, render
 from tunelens.report.token_spans import heatmaps, read_prompts
 
 # the quality tables, each narrow enough to read without scrolling; metrics no family names go last
-QUALITY_TABLES = (
-    ("Similarity to the reference", ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "ngram_jaccard",
-                                     "semantic_similarity", "exact_match")),
-    ("Rule level", ("rule_parse_rate", "rule_field_accuracy", "rule_exec_accuracy", "rule_exec_agreement")),
-    ("Judge and diversity", ("judge_accuracy", "judge_relevance", "distinct_1", "distinct_2", "self_bleu")),
-)
-LOWER_IS_BETTER = {"self_bleu", "ter"}
+QUALITY_TABLES = tuple((title, specs.of_family(*families)) for title, families in specs.QUALITY_FAMILIES)
 FIGURE_FILES = {"training": "training_loss.png", "concentration": "concentration.png",
                 "categories": "category_shares.png", "scale": "scale.png", "agreement": "agreement.png"}
-INPUT_GLOBS = ("status.json", "models/*/run.json", "metrics/*.json", "attributions/*.parquet")
 
 
 def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path | None = None,
@@ -45,12 +40,45 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
     study's own ``study.yaml`` settings, else the built-in defaults.
     """
     cfg = config or ReportConfig()
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise TunelensError(f"{study_dir}: no such study folder")
-    stats = _fresh_stats(study_dir, comparison)
-    fig_dir = study_dir / "figures"
-    files = {k: fig_dir / f for k, f in FIGURE_FILES.items()}
+    layout = StudyLayout(Path(study_dir))
+    if not layout.root.is_dir():
+        raise TunelensError(f"{layout.root}: no such study folder")
+    stats = fresh_stats(layout.root, comparison)
+    runs = stats["runs"]["runs"]
+    primary = [r for r in runs if r["name"] in set(stats["runs"]["primary"])]
+    primary.sort(key=lambda r: (r["params"] or 0, r["model"], strategy_key(r["strategy"]),
+                                r["objective"], r["rag"]))
+    tests = _tests(stats["tests"], categories=False)
+    context = {
+        "title": cfg.title,
+        "study": str(layout.root),
+        "written": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "n_runs": len(runs),
+        "findings": digest(stats, cfg.scale_metrics, cfg.max_findings),
+        "figures": {k: data_uri(v) for k, v in _figures(layout, stats, cfg).items()},
+        "quality": _quality(runs),
+        "training": _training(runs),
+        "tests": [t for t in tests if t["significant"]],
+        "other_tests": [t for t in tests if not t["significant"]],
+        "category_tests": _tests(stats["tests"], categories=True),
+        "alpha": stats["tests"]["alpha"],
+        "top_k": stats["concentration"]["top_k"],
+        "concentration": stats["concentration"]["per_run"],
+        "scale": _scale(stats["scale"]),
+        "n_sizes": len({v for v in stats["runs"]["sizes"].values() if v}),
+        "agreement": stats["agreement"]["pairs"],
+        "floor": stats["agreement"]["noise_floor"],
+        "heatmaps": _heatmaps(layout, primary, cfg),
+        "heatmap_legend": legend(),
+        "failures": stats["runs"]["failures"],
+    }
+    out = Path(out) if out is not None else layout.report
+    write_text(out, render(context))
+    return out
+
+
+def _figures(layout: StudyLayout, stats: dict, cfg: ReportConfig) -> dict[str, Path | None]:
+    files = {k: layout.figures / f for k, f in FIGURE_FILES.items()}
     paths = {
         "training": figures.training(stats, files["training"], cfg.dpi),
         "concentration": figures.concentration(stats, files["concentration"], cfg.dpi),
@@ -61,49 +89,20 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
     for key, path in paths.items():  # a figure the study no longer supports must not linger
         if path is None and files[key].exists():
             files[key].unlink()
-    runs = stats["runs"]["runs"]
-    primary = [r for r in runs if r["name"] in set(stats["runs"]["primary"])]
-    primary.sort(key=lambda r: (r["params"] or 0, r["model"], figures.strategy_key(r["strategy"]),
-                                r["objective"], r["rag"]))
-    context = {
-        "title": cfg.title,
-        "study": str(study_dir),
-        "written": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "n_runs": len(runs),
-        "findings": digest(stats, cfg.scale_metrics, cfg.max_findings),
-        "figures": {k: data_uri(v) for k, v in paths.items()},
-        "quality": _quality(runs),
-        "training": _training(runs),
-        "tests": _tests(stats["tests"], categories=False),
-        "category_tests": _tests(stats["tests"], categories=True),
-        "alpha": stats["tests"]["alpha"],
-        "top_k": stats["concentration"]["top_k"],
-        "concentration": stats["concentration"]["per_run"],
-        "scale": _scale(stats["scale"]),
-        "n_sizes": len({v for v in stats["runs"]["sizes"].values() if v}),
-        "agreement": stats["agreement"]["pairs"],
-        "floor": stats["agreement"]["noise_floor"],
-        "heatmaps": _heatmaps(study_dir, primary, cfg),
-        "category_colours": figures.CATEGORY_COLOURS,
-        "failures": stats["runs"]["failures"],
-    }
-    out = Path(out) if out is not None else study_dir / "report.html"
-    write_text(out, render(context))
-    return out
+    return paths
 
 
-def _fresh_stats(study_dir: Path, comparison: ComparisonConfig | None) -> dict:
-    stats_dir = study_dir / "stats"
-    stats = load_stats(stats_dir)
-    if stats is not None:
-        newest_input = max((p.stat().st_mtime for g in INPUT_GLOBS for p in study_dir.glob(g)), default=0.0)
-        oldest_stat = min((stats_dir / f"{s}.json").stat().st_mtime for s in STAT_FILES)
-        if newest_input <= oldest_stat:
-            return stats
+def fresh_stats(study_dir: Path, comparison: ComparisonConfig | None = None) -> dict:
+    """The study's statistics: those in ``stats/`` if their input fingerprint still matches the
+    study's files, else computed again (with ``comparison``, or the study's own settings)."""
+    layout = StudyLayout(Path(study_dir))
+    stats = load_stats(layout.stats)
+    if stats is not None and stored_fingerprint(layout.stats) == input_fingerprint(layout.root):
+        return stats
     if comparison is None:
-        yaml_path = study_dir / "study.yaml"
+        yaml_path = layout.study_yaml
         comparison = load_study(yaml_path).comparison if yaml_path.exists() else ComparisonConfig()
-    return compare_study(study_dir, comparison)
+    return compare_study(layout.root, comparison)
 
 
 def _quality(runs: list[dict]) -> dict:
@@ -130,15 +129,15 @@ def _quality_cells(run: dict, columns: list[str], rows: list[dict]) -> list[dict
     cells = []
     for c in columns:
         v = run["aggregate"].get(c)
-        digits = 1 if c in ("bleu", "chrf") else 3
+        digits = specs.digits(c)
         if v is None:
-            cells.append({"value": "–", "interval": "", "best": False})
+            cells.append({"value": formatting.DASH, "interval": "", "best": False})
             continue
         values = [r["aggregate"][c] for r in rows if r["aggregate"].get(c) is not None]
-        target = min(values) if c in LOWER_IS_BETTER else max(values)
+        target = min(values) if specs.lower_is_better(c) else max(values)
         iv = run["intervals"].get(c)
-        cells.append({"value": f"{v:.{digits}f}",
-                      "interval": f"{iv[0]:.{digits}f} – {iv[1]:.{digits}f}" if iv else "",
+        interval = f"{formatting.number(iv[0], digits)} – {formatting.number(iv[1], digits)}" if iv else ""
+        cells.append({"value": formatting.number(v, digits), "interval": interval,
                       "best": v == target and len(set(values)) > 1})
     return cells
 
@@ -150,8 +149,9 @@ def _training(runs: list[dict]) -> list[dict]:
             continue
         seen.add(r["model_dir"])
         t = r["training"]
-        share = "–"
+        share = formatting.DASH
         if t.get("trainable_params") and t.get("total_params"):
+            # two decimals, not format.share: an adapter on a large model is 0.04%, not "0.0%"
             share = f"{t['trainable_params'] / t['total_params']:.2%}"
         out.append({"name": r["model_dir"], "strategy": r["strategy"], "t": t, "share": share})
     return out
@@ -184,14 +184,14 @@ def _scale(scale: dict) -> list[dict]:
     return rows
 
 
-def _heatmaps(study_dir: Path, primary: list[dict], cfg: ReportConfig) -> list[dict]:
+def _heatmaps(layout: StudyLayout, primary: list[dict], cfg: ReportConfig) -> list[dict]:
     if cfg.heatmap_examples == 0:
         return []
     chosen = [r for r in primary if r["has_attributions"]][: cfg.heatmap_runs]
-    frames = {r["name"]: read_attributions(study_dir / "attributions" / f"{r['name']}.parquet")
-              for r in chosen}
-    prompts = {}
+    frames, prompts = {}, {}
     for r in chosen:
-        pred = study_dir / "predictions" / f"{r['name']}.jsonl"
+        run = RunIdentity.from_dict(r, origin=f"{layout.stats}/runs.json")
+        frames[r["name"]] = read_attributions(layout.attributions(run))
+        pred = layout.predictions(run)
         prompts[r["name"]] = read_prompts(pred if pred.exists() else None)
     return heatmaps(chosen, frames, prompts, cfg.heatmap_examples, cfg.heatmap_runs)

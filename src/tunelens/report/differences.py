@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunelens.format import number
 from tunelens.report.wording import (
     Finding,
     capital,
@@ -133,7 +134,7 @@ def _numbers(kind: str, metric: str, s: _Seen, label: bool) -> tuple[str, str, s
     values = f"{pct(hi)} vs {pct(lo)}" if kind == "category" else f"{fmt(hi, metric)} vs {fmt(lo, metric)}"
     if label and kind == "concentration":
         values = f"{metric_label(metric)} {values}"
-    return values, fmt_p(r["p_holm"]), f"r = {effect:.2f}"
+    return values, fmt_p(r["p_holm"]), f"r = {fmt(effect)}"
 
 
 def _sentence(kind: str, metric: str, more: str, less: str, setting: str, seen: list[_Seen]) -> str:
@@ -230,10 +231,11 @@ def too_small(tests: dict, skip: set[str] = frozenset()) -> list[Finding]:
         need = n
         while _floor(need, pairs) >= alpha:
             need += 1
-        holm = f" ({_floor(n, pairs):.3f} after Holm over {pairs} pairs)" if pairs > 1 else ""
+        holm = f" ({number(_floor(n, pairs))} after Holm over {pairs} pairs)" if pairs > 1 else ""
         out.append(Finding("sample", (
             f"The {join([KIND_WORDS[k] for k in kinds])} tests rest on {n} paired examples per model: with "
-            f"n = {n} the smallest two-sided Wilcoxon p is 2/2^{n} = {2 / 2 ** n:.3f}{holm}, so they cannot "
-            f"reach significance at {alpha} whatever the data; at least {need} paired examples are needed."),
+            f"n = {n} the smallest two-sided Wilcoxon p is 2/2^{n} = {number(2 / 2 ** n)}{holm}, so they "
+            f"cannot reach significance at {alpha} whatever the data; at least {need} paired examples "
+            "are needed."),
             headline=False))
     return out

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+from tunelens.compare.runs import strategy_key
+from tunelens.evaluate import specs
+from tunelens.explain.heatmap import CATEGORY_COLOURS
 from tunelens.io import atomic_path
 
-CATEGORY_COLOURS = {"RULE_ID": "#6c71c4", "NUMBER": "#dc322f", "UNIT": "#cb4b16",
-                    "COMPARATOR": "#b58900", "MODAL": "#859900", "CONDITION": "#2aa198",
-                    "OTHER": "#93a1a1"}
-STRATEGY_ORDER = ("full", "freeze", "lora", "dora", "qlora")
 PALETTE = ["#268bd2", "#dc322f", "#859900", "#b58900", "#6c71c4", "#2aa198", "#cb4b16", "#d33682"]
-CONCENTRATION_LABELS = {"gini": "Gini of |score|", "entropy": "normalised entropy",
-                        "top_k_share": "top-k share of |score|"}
+# Two size labels closer than this share of the axis (in log units of the sizes' span) would touch
+# at the tick font size of a scale panel: the later one is left unlabelled.
+MIN_TICK_GAP = 0.16
 
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
@@ -65,10 +66,10 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
                 if values:
                     x = i + 1 + rng.uniform(-0.18, 0.18, len(values))
                     ax.scatter(x, values, s=9, alpha=0.55, color=PALETTE[j % len(PALETTE)])
-        label = CONCENTRATION_LABELS.get(metric, metric)
+        label = specs.label(metric)
         if metric == "top_k_share":
-            label = f"top-{stats['concentration']['top_k']} share of |score|"
-        ax.set_title(label, fontsize=10)
+            label = f"top-{stats['concentration']['top_k']} share"
+        ax.set_title(f"{label} of |score|", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     if len(models) > 1:
         handles = [Line2D([], [], marker="o", linestyle="", color=PALETTE[j % len(PALETTE)])
@@ -105,6 +106,11 @@ def categories(stats: dict, path: Path, dpi: int) -> Path | None:
 
 def scale(stats: dict, metrics: list[str], path: Path, dpi: int) -> Path | None:
     """Metric against parameter count (log x): points with intervals, the fit, the plateau."""
+    fig = scale_figure(stats, metrics)
+    return None if fig is None else _save(fig, path, dpi)
+
+
+def scale_figure(stats: dict, metrics: list[str]) -> Figure | None:
     curves = stats["scale"]["curves"]
     available = _ordered_unique(c["metric"] for c in curves)
     chosen = [m for m in metrics if m in available] or available[:3]
@@ -113,29 +119,57 @@ def scale(stats: dict, metrics: list[str], path: Path, dpi: int) -> Path | None:
     fig = Figure(figsize=(4.4 * len(chosen), 3.6))
     axes = fig.subplots(1, len(chosen), squeeze=False)[0]
     for ax, metric in zip(axes, chosen, strict=True):
-        for i, c in enumerate(x for x in curves if x["metric"] == metric):
-            colour = PALETTE[i % len(PALETTE)]
-            xs = np.array([p["params"] for p in c["points"]])
-            ys = np.array([p["value"] for p in c["points"]])
-            lo = np.array([p["lo"] if p["lo"] is not None else p["value"] for p in c["points"]])
-            hi = np.array([p["hi"] if p["hi"] is not None else p["value"] for p in c["points"]])
-            label = c["strategy"] + ("" if c["objective"] == "instruct" else f" · {c['objective']}") + (
-                " · rag" if c["rag"] else "")
-            ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o", color=colour, capsize=3, label=label)
-            if c["fit"]:
-                grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
-                ax.plot(grid, c["fit"]["intercept"] + c["fit"]["slope"] * np.log10(grid), "--",
-                        color=colour, alpha=0.8)
-            if c["plateau"]["size"] is not None:
-                ax.axvline(c["plateau"]["size"], color=colour, linestyle=":", alpha=0.9)
-                ax.annotate("plateau", (c["plateau"]["size"], ax.get_ylim()[1]), color=colour,
-                            fontsize=7, rotation=90, va="top", ha="right")
+        mine = [c for c in curves if c["metric"] == metric]
+        for i, c in enumerate(mine):
+            _scale_curve(ax, c, PALETTE[i % len(PALETTE)])
         ax.set_xscale("log")
+        _size_ticks(ax, [p["params"] for c in mine for p in c["points"]])
         ax.set_xlabel("parameters")
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(specs.label(metric), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
-    return _save(fig, path, dpi)
+    return fig
+
+
+def _scale_curve(ax, c: dict, colour: str) -> None:
+    xs = np.array([p["params"] for p in c["points"]])
+    ys = np.array([p["value"] for p in c["points"]])
+    lo = np.array([p["lo"] if p["lo"] is not None else p["value"] for p in c["points"]])
+    hi = np.array([p["hi"] if p["hi"] is not None else p["value"] for p in c["points"]])
+    label = c["strategy"] + ("" if c["objective"] == "instruct" else f" · {c['objective']}") + (
+        " · rag" if c["rag"] else "")
+    ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o", color=colour, capsize=3, label=label)
+    if c["fit"]:
+        grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
+        ax.plot(grid, c["fit"]["intercept"] + c["fit"]["slope"] * np.log10(grid), "--",
+                color=colour, alpha=0.8)
+    if c["plateau"]["size"] is not None:
+        ax.axvline(c["plateau"]["size"], color=colour, linestyle=":", alpha=0.9)
+        ax.annotate("plateau", (c["plateau"]["size"], ax.get_ylim()[1]), color=colour,
+                    fontsize=7, rotation=90, va="top", ha="right")
+
+
+def _size_ticks(ax, sizes: list[float]) -> None:
+    """Label the log x axis at the model sizes themselves, and nowhere else.
+
+    matplotlib's log locator labels minor ticks (2×10⁵, 3×10⁵, ...) when the axis spans less than
+    a decade, and those labels run into each other; a study's sizes are what a reader wants to
+    read anyway. Sizes too close to the previous labelled one stay unlabelled (their points and
+    minor ticks still show).
+    """
+    sizes = sorted({float(s) for s in sizes if s and s > 0})
+    if not sizes:
+        return
+    logs = np.log10(sizes)
+    span = max(logs[-1] - logs[0], 1e-9)
+    kept = [sizes[0]]
+    for size, log in zip(sizes[1:], logs[1:], strict=True):
+        if (log - np.log10(kept[-1])) / span >= MIN_TICK_GAP:
+            kept.append(size)
+    ax.xaxis.set_major_locator(FixedLocator(kept))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: human_count(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="major", labelsize=8)
 
 
 def agreement(stats: dict, path: Path, dpi: int) -> Path | None:
@@ -176,12 +210,6 @@ def training(stats: dict, path: Path, dpi: int) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path, dpi)
-
-
-def strategy_key(strategy: str) -> tuple[int, str]:
-    """Strategies from most to fewest trained weights, unknown ones last."""
-    order = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
-    return (order, strategy)
 
 
 def _size_label(model: str, params: float | None) -> str:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tunelens.compare.runs import strategy_key
 from tunelens.report.differences import (
     QUALITY_PREFERENCE,
     not_significant,
     significant_differences,
     too_small,
 )
-from tunelens.report.figures import human_count, strategy_key
+from tunelens.report.figures import human_count
 from tunelens.report.wording import Finding, capital, fmt, join, metric_label, pct, plural, strategy
 
 PLATEAU_SUPPORT = 0.5  # a plateau found on fewer resamples than this is left to the scale table
@@ -154,7 +155,9 @@ def scale_findings(scale: dict, metrics: list[str]) -> list[Finding]:
         for i, c in enumerate(cs):
             fit = c["fit"]
             slope, lo, hi = (_slope(fit[k], fit["slope"]) for k in ("slope", "slope_lo", "slope_hi"))
-            unit, level = (" per decade of parameters", f"{scale['confidence']:.0%} ") if i == 0 else ("", "")
+            first = i == 0
+            unit = " per decade of parameters" if first else ""
+            level = f"{pct(scale['confidence'])} " if first else ""
             parts.append(f"{_who(c, varies)} ({slope}{unit}, {level}CI {lo} to {hi})")
         sizes = [p["params"] for c in cs for p in c["points"]]
         out.append(Finding("trend", f"{metric_label(metric)} {'rises' if up else 'falls'} with model size "
@@ -164,7 +167,7 @@ def scale_findings(scale: dict, metrics: list[str]) -> list[Finding]:
         parts = []
         for c in cs:
             p = c["plateau"]
-            support = "" if p["support"] is None else f" (in {p['support']:.0%} of resamples)"
+            support = "" if p["support"] is None else f" (in {pct(p['support'])} of resamples)"
             parts.append(f"for {_who(c, varies)} from {human_count(p['size'])} parameters{support}")
         verb = "stops gaining (less than" if cs[0].get("direction", "higher") == "higher" else \
             "stops changing (by less than"
@@ -208,11 +211,11 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     strength = words[0] if words[0] == words[1] else f"{words[0]} to {words[1]}"
     a, b, low = min(pairs, key=lambda t: t[2]["spearman"]["mean"])
     rho = low["spearman"]
-    ci = f" [{rho['lo']:.2f}, {rho['hi']:.2f}]" if rho["lo"] is not None else ""
-    span = f"{min(means):.2f}" if len(pairs) == 1 else f"{min(means):.2f} to {max(means):.2f}"
+    ci = f" [{fmt(rho['lo'])}, {fmt(rho['hi'])}]" if rho["lo"] is not None else ""
+    span = fmt(min(means)) if len(pairs) == 1 else f"{fmt(min(means))} to {fmt(max(means))}"
     text = (f"Attributions of different strategies on the same model agree {strength}: mean Spearman {span} "
             f"over {plural(len(pairs), 'pair')} (lowest: {strategy(a['strategy'])} vs "
-            f"{strategy(b['strategy'])} on {a['model']}, {rho['mean']:.2f}{ci})")
+            f"{strategy(b['strategy'])} on {a['model']}, {fmt(rho['mean'])}{ci})")
     floor = agreement.get("noise_floor")
     if not floor:
         return Finding("agreement", text + "; no repeated seeds, so no noise floor to compare with.",
@@ -221,13 +224,13 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     below = [(x, y) for x, y, p in pairs
              if (p["spearman"]["hi"] if p["spearman"]["hi"] is not None else p["spearman"]["mean"]) < f_rho]
     if not below:
-        return Finding("agreement", text + f"; none falls below the seed-to-seed floor of {f_rho:.2f}.",
+        return Finding("agreement", text + f"; none falls below the seed-to-seed floor of {fmt(f_rho)}.",
                        headline=False)
     named = join([f"{strategy(x['strategy'])} vs {strategy(y['strategy'])} on {x['model']}"
                   for x, y in below[:4]])
     more = f" and {len(below) - 4} more" if len(below) > 4 else ""
     return Finding("agreement", text + f"; {len(below)} of them ({named}{more}) fall below the seed-to-seed "
-                   f"floor of {f_rho:.2f}: those strategies disagree more than reseeding one run does.")
+                   f"floor of {fmt(f_rho)}: those strategies disagree more than reseeding one run does.")
 
 
 def failure_findings(runs: dict) -> list[Finding]:

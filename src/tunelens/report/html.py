@@ -2,6 +2,8 @@
 
 The report must open from a USB stick or an e-mail attachment with no network: no external
 stylesheet, font, script or image. Inlining PNGs as ``data:`` URIs is what keeps it one file.
+Numbers are written by :mod:`tunelens.format` (the template's ``num``, ``ci`` and ``p`` filters),
+as in the findings and the CLI.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import base64
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from tunelens import format as formatting
+from tunelens.report.figures import human_count
 
 TEMPLATE = "report.html.j2"
 
@@ -24,41 +29,12 @@ def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent),
                       autoescape=select_autoescape(enabled_extensions=("html", "j2")),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = _num
-    env.filters["ci"] = _ci
-    env.filters["p"] = _p
-    env.filters["count"] = _count
+    env.filters["num"] = formatting.number
+    env.filters["ci"] = formatting.interval_of
+    env.filters["p"] = formatting.p_value
+    env.filters["count"] = human_count
     return env
 
 
 def render(context: dict) -> str:
     return _environment().get_template(TEMPLATE).render(**context)
-
-
-def _num(x, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    x = float(x)
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}f}"
-
-
-def _ci(d: dict | None, digits: int = 3) -> str:
-    if not d or d.get("mean") is None:
-        return "–"
-    if d.get("lo") is None:
-        return _num(d["mean"], digits)
-    return f"{_num(d['mean'], digits)} [{_num(d['lo'], digits)}, {_num(d['hi'], digits)}]"
-
-
-def _p(p) -> str:
-    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _count(n) -> str:
-    from tunelens.report.figures import human_count
-
-    return human_count(n)

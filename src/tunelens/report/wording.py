@@ -1,17 +1,18 @@
 """How the report writes numbers, names and lists, so every sentence uses the same vocabulary.
 
 A finding is one sentence; the report is read by people who did not run the study, so strategies
-get their usual names ("full fine-tuning", "LoRA") and every p-value is written the same way.
+get their usual names ("full fine-tuning", "LoRA", from :mod:`tunelens.train.catalog`), metrics
+their labels (:mod:`tunelens.evaluate.specs`), and every number is written by
+:mod:`tunelens.format`, the same way as in the tables and the CLI.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PERCENT_METRICS = {"bleu", "chrf"}
-STRATEGY_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA",
-                  "freeze": "top-layer fine-tuning"}
-CONCENTRATION_LABELS = {"gini": "Gini", "top_k_share": "top-k share", "entropy": "normalised entropy"}
+from tunelens import format as formatting
+from tunelens.evaluate import specs
+from tunelens.train.catalog import strategy_label
 
 
 @dataclass
@@ -31,28 +32,18 @@ class Finding:
 
 
 def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "p n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    """``p = 0.012`` / ``p < 0.001``: the one p-value format (:func:`tunelens.format.p_value`)."""
+    return formatting.p_value(p, sentence=True)
 
 
 def fmt(x: float | None, metric: str = "") -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.1f}" if metric in PERCENT_METRICS else f"{x:.2f}"
+    """A metric's value in a sentence, with the decimals its scale calls for (0–100: one)."""
+    return formatting.number(x, specs.digits(metric, sentence=True), missing="n/a")
 
 
-def pct(x: float) -> str:
-    """A share as a percentage; small shares keep one decimal so they do not all read 0%."""
-    return f"{x:.0%}" if abs(x) >= 0.095 else f"{x:.1%}"
-
-
-def strategy(name: str) -> str:
-    return STRATEGY_NAMES.get(name, name)
-
-
-def metric_label(metric: str) -> str:
-    return CONCENTRATION_LABELS.get(metric, metric)
+pct = formatting.share
+strategy = strategy_label
+metric_label = specs.label
 
 
 def join(items: list[str]) -> str:

@@ -6,11 +6,5 @@ strategy and objective names that the config reads — imports without torch or 
 
 from tunelens.lazy import exports
 
-_EXPORTS = {
-    "export_merged": "tunelens.train.export",
-    "train": "tunelens.train.runner",
-    "StrategySpec": "tunelens.train.strategies",
-    "apply_strategy": "tunelens.train.strategies",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = exports("tunelens.train", _EXPORTS)
+__all__, __getattr__ = exports(__name__, export="export_merged", runner="train",
+                                  strategies="StrategySpec apply_strategy")

@@ -5,10 +5,15 @@
   gradient, which torch's optimizers skip, so unfreezing later needs no optimizer surgery and
   resuming from a checkpoint restores the same schedule from ``global_step``.
 * :class:`InterruptCheckpoint` — the first Ctrl-C asks the trainer to checkpoint at the end of the
-  current step and stop; a second one interrupts at once.
+  current step and stop, through the Trainer's public control flags (``should_save``,
+  ``should_training_stop``), so the checkpoint is the Trainer's own; a second one interrupts at
+  once, keeping only the checkpoints already written.
 * :class:`PeakMemory` — peak resident memory *during* training, sampled in a thread (the
   process-wide ``ru_maxrss`` would include whatever ran before in the same process).
-* :class:`RichProgress` — a rich progress bar with the latest loss, for the CLI.
+* :class:`SessionTokens` — input tokens seen by this ``train()`` call (a resumed run's state
+  starts with the tokens of the sessions before it), for an honest tokens/s.
+* :class:`RichProgress` — the project's progress bar (:func:`tunelens.progress.item_bar`) over
+  optimizer steps, with the latest loss, for the CLI.
 """
 
 from __future__ import annotations
@@ -71,7 +76,13 @@ class GradualUnfreezing(TrainerCallback):
 
 
 class InterruptCheckpoint(TrainerCallback):
-    """First SIGINT: checkpoint after this step and stop. Second SIGINT: KeyboardInterrupt now."""
+    """First SIGINT: checkpoint after this step and stop. Second SIGINT: KeyboardInterrupt now.
+
+    The checkpoint is requested, not written here: ``control.should_save`` makes the Trainer save
+    through its normal path right after ``on_step_end`` (the same files, rotation and RNG state
+    ``resume_from_checkpoint`` reads back), and ``should_training_stop`` ends the loop. Only a
+    finished optimizer step is ever saved; a second Ctrl-C, mid-step, saves nothing new.
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -161,8 +172,23 @@ class PeakMemory(TrainerCallback):
         return round(self.peak_gpu_bytes / 2**20, 1) if self.peak_gpu_bytes else None
 
 
+class SessionTokens(TrainerCallback):
+    """Tokens seen since this call's training began: the state at ``on_train_begin`` is the one
+    loaded from the checkpoint, so its count is what earlier sessions saw."""
+
+    def __init__(self) -> None:
+        self.at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at_start = state.num_input_tokens_seen
+
+    def seen(self, state) -> int:
+        return state.num_input_tokens_seen - self.at_start
+
+
 class RichProgress(TrainerCallback):
-    """A rich progress bar over optimizer steps, showing the last logged loss."""
+    """The project's item bar over optimizer steps with the last logged loss; erased at the end,
+    since the CLI prints the run's summary in its place."""
 
     def __init__(self, description: str = "training") -> None:
         self.description = description
@@ -170,16 +196,12 @@ class RichProgress(TrainerCallback):
         self._task = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from tunelens.progress import item_bar
 
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
-        )
+        self._progress = item_bar(transient=True, fields=("loss",))
         self._progress.start()
-        self._task = self._progress.add_task(
-            self.description, total=state.max_steps, completed=state.global_step, loss="-"
-        )
+        self._task = self._progress.add_task(self.description, total=state.max_steps,
+                                             completed=state.global_step, loss="-")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from tunelens.data.templates import has_chat_template, render_causal, render_prompt
 from tunelens.errors import TunelensError
 from tunelens.io import read_jsonl
+from tunelens.train.catalog import OBJECTIVES
 
-OBJECTIVES = ("instruct", "causal")
 REQUIRED_FIELDS = ("prompt", "completion")
 
 
@@ -46,13 +46,20 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
 def format_rows(rows: list[dict], tokenizer, objective: str) -> list[dict]:
     """Rows in the TRL format of ``objective`` (text only; TRL tokenises)."""
     check_objective(objective)
-    eos = tokenizer.eos_token or ""
-    if objective == "instruct":
-        return [
-            {"prompt": trl_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
-            for r in rows
-        ]
+    return _FORMAT[objective](rows, tokenizer, tokenizer.eos_token or "")
+
+
+def _instruct_rows(rows: list[dict], tokenizer, eos: str) -> list[dict]:
+    return [{"prompt": trl_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
+            for r in rows]
+
+
+def _causal_rows(rows: list[dict], tokenizer, eos: str) -> list[dict]:
     return [{"text": _with_eos(render_causal(r["prompt"], r["completion"]), eos)} for r in rows]
+
+
+# One implementation per name of tunelens.train.catalog.OBJECTIVES (a test checks they agree).
+_FORMAT = {"instruct": _instruct_rows, "causal": _causal_rows}
 
 
 def trl_prompt(tokenizer, prompt: str) -> str:

@@ -65,25 +65,34 @@ def apply_strategy(model, spec: StrategySpec):
     """Return the model to optimise: the base with the right weights trainable, or a PeftModel."""
     if spec.dropout is not None:
         set_dropout(model, spec.dropout)
-    if spec.strategy == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if spec.strategy == "freeze":
-        return _freeze_all_but_top(model, spec.freeze_top_k)
-    if spec.strategy == "qlora":
-        if not getattr(model, "is_loaded_in_4bit", False):
-            raise TunelensError(
-                "strategy 'qlora' needs a 4-bit base: load it with "
-                "load_model(path, quantization=spec.quantization)"
-            )
-        from peft import prepare_model_for_kbit_training
+    return _APPLY[spec.strategy](model, spec)
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=spec.gradient_checkpointing
-        )
-        _no_cpu_inference_packing(model)
+
+def _train_everything(model, spec: StrategySpec):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _train_top(model, spec: StrategySpec):
+    return _freeze_all_but_top(model, spec.freeze_top_k)
+
+
+def _lora(model, spec: StrategySpec):
     return _add_lora(model, spec.lora, use_dora=spec.strategy == "dora")
+
+
+def _qlora(model, spec: StrategySpec):
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise TunelensError(
+            "strategy 'qlora' needs a 4-bit base: load it with "
+            "load_model(path, quantization=spec.quantization)"
+        )
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    _no_cpu_inference_packing(model)
+    return _add_lora(model, spec.lora, use_dora=False)
 
 
 def _add_lora(model, lora: LoraConfig, use_dora: bool):
@@ -185,6 +194,16 @@ def _freeze_all_but_top(model, k: int):
     for p in top_module_params(model):
         p.requires_grad_(True)
     return model
+
+
+# One implementation per name of tunelens.train.catalog.STRATEGIES (a test checks they agree).
+_APPLY = {
+    "full": _train_everything,
+    "freeze": _train_top,
+    "lora": _lora,
+    "dora": _lora,
+    "qlora": _qlora,
+}
 
 
 def set_dropout(model, p: float) -> None:

@@ -1,44 +1,136 @@
 """MLflow tracking of training runs, through MlflowClient (no global active run, no autolog).
 
-The default store is a SQLite file in the study folder: a run written to ``<study>/models/<run>``
-(the study runner's layout) is tracked in ``sqlite:///<study>/mlflow.db``; a run folder anywhere
-else is tracked in ``mlflow.db`` beside it (``<out>/../mlflow.db``). Artefacts of such a local
-store go to ``mlartifacts/`` beside the database, never into the working directory. Any other URI
+The default store is a SQLite file in the study folder: a run written to a study's ``models/``
+folder (:class:`~tunelens.layout.StudyLayout`) is tracked in ``<study>/mlflow.db`` with its
+artefacts in ``<study>/mlartifacts``; a run folder anywhere else is tracked in ``mlflow.db`` beside
+it (``<out>/../mlflow.db``), artefacts in ``mlartifacts/`` beside the database. MLflow's own default
+artefact root is ``./mlruns`` of whatever folder the command runs from, so every experiment we
+create for a local store gets an explicit ``artifact_location``. Any other URI
 (``--tracking-uri http://...``) is used as given, with the server's artefact store.
 
-When an MLflow run is already active on the same store with no experiment asked for (the study
-runner's parent run), the training run is created in its experiment, nested under it.
+When an MLflow run is already active on the same store (the study runner's parent run), the
+training run is created in its experiment, nested under it, unless another experiment is asked for.
 
 The run is created before training starts, so an unreachable server fails the command early,
 and filled in at the end in a few batched calls (params, per-step losses, run.json), which keeps
-tracking off the training loop's hot path.
+tracking off the training loop's hot path. A process killed with SIGKILL cannot end its runs; the
+study runner marks the runs it left ``RUNNING`` as ``KILLED`` when the study is resumed
+(:func:`mark_killed`, keyed on the :data:`STUDY_TAG` every run of a study carries).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelens.config import TrackingConfig
+from tunelens.config import Study, TrackingConfig
 from tunelens.errors import TunelensError
+from tunelens.layout import StudyLayout
 
 DEFAULT_EXPERIMENT = "tunelens"
 DB_NAME = "mlflow.db"
+ARTIFACTS_NAME = "mlartifacts"
+STUDY_TAG = "tunelens.study"  # the study folder a run belongs to: what a resume looks for
+
+
+def study_of(out: Path) -> StudyLayout | None:
+    """The study whose ``models/`` folder holds the run folder ``out``, if it is one."""
+    out = Path(out).resolve()
+    layout = StudyLayout(out.parent.parent)
+    return layout if layout.models == out.parent else None
 
 
 def default_store_dir(out: Path) -> Path:
     """The folder that holds the default SQLite store for a run written to ``out``."""
-    out = Path(out).resolve()
-    return out.parent.parent if out.parent.name == "models" else out.parent
+    layout = study_of(out)
+    return layout.mlflow_db.parent if layout is not None else Path(out).resolve().parent
 
 
 def resolve_uri(out: Path, tracking: TrackingConfig | None) -> str:
     if tracking is not None and tracking.uri:
         return tracking.uri
-    return f"sqlite:///{default_store_dir(out) / DB_NAME}"
+    layout = study_of(out)
+    db = layout.mlflow_db if layout is not None else default_store_dir(out) / DB_NAME
+    return f"sqlite:///{db}"
+
+
+def local_artifacts(uri: str, fallback: Path | None = None) -> str | None:
+    """Where artefacts of a new experiment on ``uri`` go: ``fallback`` (e.g. the study's
+    ``mlartifacts``) or ``mlartifacts`` beside a SQLite file; None for a server, which has its own.
+    """
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if fallback is None and uri.startswith("sqlite:///"):
+        fallback = Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_NAME
+    return Path(fallback).resolve().as_uri() if fallback is not None else None
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` when it is new."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def mark_killed(client, experiment_id: str, study_root: Path) -> int:
+    """Mark ``KILLED`` the runs of this study still ``RUNNING``; return how many.
+
+    Only called while the study's lock is held, so no live process owns such a run: it was left
+    by one killed before it could end it.
+    """
+    root = str(Path(study_root).resolve())
+    stale = [r for r in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                           max_results=5000)
+             if r.data.tags.get(STUDY_TAG) == root]
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(stale)
+
+
+@contextlib.contextmanager
+def track_study(study: Study, layout: StudyLayout) -> Iterator[TrackingConfig]:
+    """A parent MLflow run for a study while it runs; its training runs log nested under it.
+
+    The experiment is created with its artefacts in the study's ``mlartifacts`` (MLflow's
+    default is ``./mlruns`` of the working folder), and runs an earlier, killed attempt left
+    ``RUNNING`` are marked ``KILLED`` (the caller holds the study's lock, so no live process owns
+    them). Yields the tracking settings the stages get, with the store's URI filled in.
+    """
+    if not study.tracking.enabled:
+        yield study.tracking
+        return
+    import mlflow
+
+    _quiet()
+    uri = study.tracking.uri or f"sqlite:///{layout.mlflow_db.resolve()}"
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = ensure_experiment(client, study.tracking.experiment or study.name,
+                                       local_artifacts(uri, layout.mlflow_artifacts))
+        mark_killed(client, experiment, layout.root)
+        mlflow.set_tracking_uri(uri)
+        mlflow.start_run(experiment_id=experiment, run_name=f"study:{study.name}",
+                         tags={STUDY_TAG: str(layout.root.resolve())})
+        mlflow.log_params({"models": ",".join(m.name for m in study.models),
+                           "strategies": ",".join(study.strategies),
+                           "objectives": ",".join(study.objectives)})
+    except Exception as exc:  # noqa: BLE001 - any store or connection failure is the user's to fix
+        raise TunelensError(f"MLflow tracking at {uri} failed: {first_line(exc)}") from None
+    status = "FAILED"
+    try:
+        yield study.tracking.model_copy(update={"uri": uri})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
 
 
 def _quiet() -> None:
@@ -60,33 +152,30 @@ class Tracker:
         self.uri = resolve_uri(out, tracking)
         asked = tracking.experiment if tracking else None
         self.experiment_name = asked or DEFAULT_EXPERIMENT
+        study = study_of(out)
         tags = {"tunelens.out": str(Path(out).resolve())}
+        if study is not None:
+            tags[STUDY_TAG] = str(study.root.resolve())
         parent = mlflow.active_run()  # e.g. the study runner's run: nest under it
-        if parent is not None and (mlflow.get_tracking_uri() != self.uri or asked):
+        if parent is not None and mlflow.get_tracking_uri() != self.uri:
             parent = None
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
+            if parent is not None and asked:  # nest only if the parent is in the asked experiment
+                if self.client.get_experiment(parent.info.experiment_id).name != asked:
+                    parent = None
             if parent is not None:
                 self.experiment_id = parent.info.experiment_id
                 self.experiment_name = self.client.get_experiment(self.experiment_id).name
                 tags["mlflow.parentRunId"] = parent.info.run_id
             else:
-                self.experiment_id = self._experiment(out)
+                artifacts = study.mlflow_artifacts if study is not None else None
+                self.experiment_id = ensure_experiment(self.client, self.experiment_name,
+                                                       local_artifacts(self.uri, artifacts))
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         except Exception as exc:  # any store/connection failure is the user's to fix
-            raise TunelensError(
-                f"MLflow tracking at {self.uri} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-            ) from None
+            raise TunelensError(f"MLflow tracking at {self.uri} failed: {first_line(exc)}") from None
         self.run_id = run.info.run_id
-
-    def _experiment(self, out: Path) -> str:
-        found = self.client.get_experiment_by_name(self.experiment_name)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:///"):
-            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(self.experiment_name, artifact_location=location)
 
     def finish(self, params: dict[str, Any], run_info: dict, files: list[Path]) -> None:
         """Log params, per-step metrics, summary metrics and small files; mark the run finished."""
@@ -115,6 +204,12 @@ class Tracker:
             self.client.set_terminated(self.run_id, status)
         except Exception:  # noqa: BLE001 - tracking must never hide the real error
             pass
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (MLflow's carry SQL and stack dumps below it)."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else repr(exc)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -236,20 +236,16 @@ def tag_file(input: Path, out: Path | None = None) -> dict:
     Other keys of a line (an ``id``, say) are kept. Returns the number of lines and the number
     of spans per category. With ``out=None`` the tagged rows are returned under ``"rows"``.
     """
-    rows = read_jsonl(input, required=["text"])
-    # read_jsonl skips blank lines; recover each row's line number for error messages
-    linenos = [i for i, line in enumerate(Path(input).read_text(encoding="utf-8").splitlines(), 1)
-               if line.strip()]
     counts = dict.fromkeys(CATEGORIES[:-1], 0)
     tagged = []
-    for lineno, row in zip(linenos, rows, strict=True):
-        if not isinstance(row["text"], str):
-            raise TunelensError(f"{input}:{lineno}: 'text' must be a string, "
-                                f"got {type(row['text']).__name__}")
-        spans = tag(row["text"])
+    for line, raw in iter_jsonl(input):
+        row = parse_row(raw, TextRow, f"{input}:{line}")
+        spans = tag(row.text)
         for span in spans:
             counts[span.category] += 1
-        tagged.append({**row, "spans": [s.as_dict() for s in spans]})
+        tagged.append({**raw, "spans": [s.as_dict() for s in spans]})  # the user's key order
+    if not tagged:
+        raise TunelensError(f"{input}: empty file, no rows to read")
     summary = {"lines": len(tagged), "spans": counts}
     if out is None:
         summary["rows"] = tagged

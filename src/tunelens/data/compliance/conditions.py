@@ -191,46 +191,49 @@ def _mechanical_exc(el, plural, rng):
     )
 
 
-def _ramp_rise_if(el, plural, rng):
-    inches = rng.choice([6, 6, 12])
-    q, v = phrasing.render("len_small", (inches, None), rng, rng.choice(phrasing.US_STYLES))
-    return Phrase(
-        f"{el}.rise > {v}",
-        (f"where the ramp run has a rise greater than {q}",),
-        (f"Where a ramp run has a rise greater than {q}",),
-    )
+@dataclass(frozen=True)
+class _Measured:
+    """A condition on a measured quantity: its amount is drawn, then rendered in a US style.
+
+    ``atom``, ``suffix`` and ``prefix`` are templates over ``el`` (the element), ``q`` (the
+    quantity as the clause writes it) and ``v`` (as the rule writes it). A repeated amount is
+    drawn more often; a single amount is not drawn at all (no random number is consumed).
+    """
+
+    kind: str
+    amounts: tuple[int, ...]
+    atom: str
+    suffix: tuple[str, ...]
+    prefix: tuple[str, ...]
+
+    def __call__(self, el: str, plural: str, rng: random.Random) -> Phrase:
+        amount = self.amounts[0] if len(self.amounts) == 1 else rng.choice(self.amounts)
+        q, v = phrasing.render(self.kind, (amount, None), rng, rng.choice(phrasing.US_STYLES))
+        return Phrase(self.atom.format(el=el, v=v), tuple(t.format(q=q) for t in self.suffix),
+                      tuple(t.format(q=q) for t in self.prefix))
 
 
-def _drop_if(el, plural, rng):
-    inches = rng.choice([30, 30, 24])
-    q, v = phrasing.render("len_small", (inches, None), rng, rng.choice(phrasing.US_STYLES))
-    return Phrase(
-        f"{el}.drop_height > {v}",
-        (
-            f"located more than {q} measured vertically to the floor or grade below",
-            f"where the drop to the level below exceeds {q}",
-        ),
-        (f"Where the drop to the floor below is more than {q}",),
-    )
-
-
-def _separation_if(el, plural, rng):
-    feet = rng.choice([5, 10, 30])
-    q, v = phrasing.render("len_large", (feet, None), rng, rng.choice(phrasing.US_STYLES))
-    return Phrase(
-        f"{el}.fire_separation_distance < {v}",
-        (f"where the fire separation distance is less than {q}",),
-        (f"Where the fire separation distance is less than {q}",),
-    )
-
-
-def _reach_depth_if(el, plural, rng):
-    q, v = phrasing.render("len_small", (20, None), rng, rng.choice(phrasing.US_STYLES))
-    return Phrase(
-        f"{el}.reach_depth > {v}",
-        (f"where the reach depth exceeds {q}",),
-        (f"Where the reach depth is greater than {q}",),
-    )
+_ramp_rise_if = _Measured(
+    "len_small", (6, 6, 12), "{el}.rise > {v}",
+    ("where the ramp run has a rise greater than {q}",),
+    ("Where a ramp run has a rise greater than {q}",),
+)
+_drop_if = _Measured(
+    "len_small", (30, 30, 24), "{el}.drop_height > {v}",
+    ("located more than {q} measured vertically to the floor or grade below",
+     "where the drop to the level below exceeds {q}"),
+    ("Where the drop to the floor below is more than {q}",),
+)
+_separation_if = _Measured(
+    "len_large", (5, 10, 30), "{el}.fire_separation_distance < {v}",
+    ("where the fire separation distance is less than {q}",),
+    ("Where the fire separation distance is less than {q}",),
+)
+_reach_depth_if = _Measured(
+    "len_small", (20,), "{el}.reach_depth > {v}",
+    ("where the reach depth exceeds {q}",),
+    ("Where the reach depth is greater than {q}",),
+)
 
 
 def _total_spaces_if(el, plural, rng):

@@ -9,10 +9,10 @@ produces: they belong in the TEST split so that generalisation beyond the templa
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from importlib import resources
 
+from tunelens.contracts import Row, RowId, Text, read_rows
 from tunelens.data.compliance.facts import TOPICS_GENERATED
 from tunelens.data.compliance.generator import generate
 
@@ -20,17 +20,22 @@ GENERATED_ROWS = 620
 ROW_KEYS = ("id", "topic", "source", "prompt", "completion", "holdout")
 
 
+class HandwrittenRow(Row):
+    """A line of handwritten.jsonl (its source is implied; ``cites`` names the regulation)."""
+
+    id: RowId
+    topic: Text
+    prompt: Text
+    completion: Text
+    holdout: bool = False
+
+
 @lru_cache(maxsize=1)
 def _handwritten() -> tuple[dict, ...]:
-    text = resources.files("tunelens.data.compliance").joinpath("handwritten.jsonl").read_text("utf-8")
-    rows = []
-    for line in text.splitlines():
-        if line.strip():
-            raw = json.loads(line)
-            rows.append({"id": raw["id"], "topic": raw["topic"], "source": "handwritten",
-                         "prompt": raw["prompt"], "completion": raw["completion"],
-                         "holdout": bool(raw.get("holdout", False))})
-    return tuple(rows)
+    with resources.as_file(resources.files("tunelens.data.compliance") / "handwritten.jsonl") as path:
+        rows = read_rows(path, HandwrittenRow, unique_ids=True)
+    return tuple({"id": r.id, "topic": r.topic, "source": "handwritten", "prompt": r.prompt,
+                  "completion": r.completion, "holdout": r.holdout} for r in rows)
 
 
 def handwritten_rows() -> list[dict]:

@@ -1,0 +1,151 @@
+"""What every verb shares: the common flags, the checks made before any work, the summary table.
+
+A verb that trains or generates for minutes must not find out at the end that ``--out`` cannot be
+written, so each writing verb calls :func:`writable_out` first. Flags that several verbs take
+(``--config``, ``--threads``, ``--out``, ...) are declared once here, so their wording and checks
+cannot drift apart; defaults shown in help come from :mod:`tunelens.config`, never restated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+
+from tunelens.errors import TunelensError
+from tunelens.format import DASH, number
+
+OUT_HELP = "Written atomically (nothing half-written on failure); checked writable before any work."
+THREADS_HELP = ("CPU threads for torch; default: torch's (one per core). 1 is often faster for "
+                "small models on a busy machine.")
+
+
+def existing(path: Path, what: str = "file") -> Path:
+    """``path`` if it exists; else one line naming it (before anything is loaded)."""
+    if not Path(path).exists():
+        raise TunelensError(f"{path}: no such {what}")
+    return path
+
+
+def writable_out(path: Path, kind: Literal["file", "dir"] = "file") -> Path:
+    """``path`` if an output of ``kind`` can be written there; else one line saying why.
+
+    The folders above ``path`` that do not exist yet will be created by the atomic writers, so
+    the test is made on the nearest one that exists: it must be a folder, writable, and really
+    accept a file (``os.access`` says yes to root on a read-only mount, hence the probe).
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise TunelensError(f"{path}: is a folder, expected a file path")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise TunelensError(f"{path}: is a file, expected a folder")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TunelensError(f"{path}: cannot write there, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK) or not _accepts_a_file(parent):
+        raise TunelensError(f"{path}: cannot write there, {parent} is not writable")
+    return path
+
+
+def _accepts_a_file(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".tunelens-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads for torch (and the OpenMP/MKL pools it starts), when ``n`` is given.
+
+    On a busy machine torch's default (one thread per core) spin-waits and makes small models many
+    times slower. The environment variables cover libraries that read them when first loaded.
+    """
+    if n is None:
+        return
+    if "torch" not in sys.modules:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def check_choice(value: str | None, registry: Mapping, flag: str) -> str | None:
+    """``value`` if the registry names it (or it is not given); else one line listing the names."""
+    if value is not None and value not in registry:
+        raise TunelensError(f"{flag} {value!r}: expected one of {', '.join(registry)}")
+    return value
+
+
+def section(config: Path | None, name: str):
+    """Section ``name`` of the study at ``--config``, or its defaults when no config is given."""
+    from tunelens.config import Study, load_study
+
+    return getattr(load_study(existing(config)) if config is not None else Study(), name)
+
+
+# --- the flags several verbs share -------------------------------------------------------------
+
+def config_option(sections: str) -> Any:
+    return typer.Option(None, "--config", help="Study YAML: the options below default to its "
+                        f"{sections}, else to the built-in defaults shown.")
+
+
+def threads_option() -> Any:
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+
+
+def out_option(what: str, required: bool = True) -> Any:
+    return typer.Option(... if required else None, "--out", help=f"{what} {OUT_HELP}")
+
+
+def model_option() -> Any:
+    return typer.Option(..., "--model", help="Training run folder (full weights or a LoRA/QLoRA "
+                        "adapter over its base) or any model path/id.")
+
+
+def field_option(section_class: type, field: str, flag: str, help: str, **kw) -> Any:
+    """A flag laid over ``<section>.<field>`` (None: not given); help ends with the default."""
+    from tunelens.config import default_of
+
+    return typer.Option(None, flag, help=f"{help} {default_of(section_class, field)}.", **kw)
+
+
+def seed_option(what: str, section_class: type) -> Any:
+    return field_option(section_class, "seed", "--seed", f"Seed of {what}")
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def cell(value: Any) -> str:
+    """A table cell: whole numbers with separators, other numbers through :func:`format.number`."""
+    if value is None:
+        return DASH
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return number(value)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+                left: int = 0) -> None:
+    """Print a summary table: the first ``left`` columns left-aligned (names), the rest right."""
+    from rich.table import Table
+
+    from tunelens.cli.app import console
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*(cell(v) for v in row))
+    console.print(table)

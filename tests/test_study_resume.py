@@ -1,0 +1,171 @@
+"""A micro study (one zoo model, one strategy, a 60-row source file) run for real: stamps keyed on
+content, Ctrl-C and SIGKILL in a subprocess, MLflow kept inside the study folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunelens.config import load_study
+from tunelens.layout import StudyLayout
+from tunelens.study import STAGES, StudyRunner
+
+pytestmark = pytest.mark.slow
+
+MICRO_YAML = """
+name: micro
+models: [{{name: q1, path: "zoo:quick/tl-q1"}}]
+strategies: [lora]
+objectives: [instruct]
+data: {{source: "{source}", val_fraction: 0.15, test_fraction: 0.2}}
+train: {{max_steps: 3, batch_size: 4, max_length: 96, logging_steps: 1}}
+generation: {{max_new_tokens: 10, max_examples: 3}}
+evaluation: {{bootstrap_samples: 20}}
+explanation: {{max_examples: 2}}
+comparison: {{bootstrap_samples: 20, permutations: 20}}
+report: {{heatmap_examples: 1}}
+"""
+ENTRY = "from tunelens.cli import entry; entry()"
+
+
+@pytest.fixture(scope="module")
+def zoo_root(quick_zoo_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo-root")
+    (root / "quick").symlink_to(quick_zoo_dir, target_is_directory=True)
+    return root
+
+
+@pytest.fixture()
+def micro(tmp_path):
+    """(study YAML, source JSONL): 20 bundled clauses each of stairs, ramps and doors."""
+    from tunelens.data.compliance.dataset import bundled_rows
+
+    rows, per_topic = [], {}
+    for row in bundled_rows(seed=0):
+        if row["topic"] in ("stairs", "ramps", "doors") and per_topic.get(row["topic"], 0) < 20:
+            per_topic[row["topic"]] = per_topic.get(row["topic"], 0) + 1
+            rows.append({k: row[k] for k in ("id", "topic", "source", "prompt", "completion")})
+    source = tmp_path / "clauses.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    study = tmp_path / "micro.yaml"
+    study.write_text(MICRO_YAML.format(source=source))
+    return study, source
+
+
+def _run(study_file: Path, out: Path, zoo_root: Path, **changes) -> list[tuple[str, str]]:
+    """Run the study in this process; return the (cell, stage) pairs that ran."""
+    study = load_study(study_file)
+    for section, values in changes.items():
+        study = study.model_copy(update={section: getattr(study, section).model_copy(update=values)})
+    events: list[tuple[str, str, str]] = []
+    statuses = StudyRunner(study, out, zoo_root=zoo_root, origin=str(study_file),
+                           on_event=lambda *e: events.append(e)).run()
+    assert [s.status for s in statuses] == ["ok"]
+    return [(cell, stage) for cell, stage, state in events if state == "done"
+            and stage in ("data", *STAGES)]
+
+
+def _aggregates(out: Path) -> dict:
+    return {p.stem: json.loads(p.read_text())["aggregate"]
+            for p in sorted(StudyLayout(out).metrics_dir.glob("*.json"))}
+
+
+def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp_path,
+                                                            monkeypatch):
+    study_file, source = micro
+    monkeypatch.chdir(tmp_path)  # MLflow must not fall back to ./mlruns of the working folder
+    out = tmp_path / "study"
+    cell = "q1__lora__instruct"
+    every = [("data", "data")] + [(cell, s) for s in STAGES]
+    assert _run(study_file, out, zoo_root) == every
+    layout = StudyLayout(out)
+    status = json.loads(layout.status.read_text())["cells"][0]
+    assert (status["run"], status["model"], status["strategy"], status["rag"]) == \
+        (cell, "q1", "lora", False)
+    assert json.loads((layout.runs / f"{cell}.json").read_text())["objective"] == "instruct"
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+    assert list(layout.mlflow_artifacts.rglob("run.json"))  # the training run's artefacts
+
+    os.utime(source)  # touched, not changed: nothing runs again
+    assert _run(study_file, out, zoo_root) == []
+
+    trained_ids = {json.loads(line)["id"] for line in (layout.data / "train.jsonl").open()}
+    lines = source.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if json.loads(line)["id"] in trained_ids)
+    row = json.loads(lines[i])
+    lines[i] = json.dumps({**row, "completion": row["completion"] + " edited"})
+    source.write_text("\n".join(lines) + "\n")  # one training row edited: data, then the rest
+    predictions = layout.predictions_dir / f"{cell}.jsonl"
+    before = predictions.read_bytes()
+    ran = _run(study_file, out, zoo_root)
+    # evaluate reads only the predictions: it runs again exactly when the new model's differ
+    changed = predictions.read_bytes() != before
+    assert ran == [e for e in every if e != (cell, "evaluate") or changed]
+
+    # generation settings feed generate and evaluate; explain reads the references, not them
+    assert _run(study_file, out, zoo_root, generation={"max_new_tokens": 6}) == \
+        [(cell, "generate"), (cell, "evaluate")]
+
+
+def _start(study_file: Path, out: Path, zoo_root: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", ENTRY, "run", str(study_file), "--out", str(out),
+                             "--zoo", str(zoo_root), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until ``path`` exists (the study got past its imports and checks)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_first_ctrl_c_stops_the_study_with_exit_code_130(micro, zoo_root, tmp_path):
+    study_file, _ = micro
+    out = tmp_path / "study"
+    proc = _start(study_file, out, zoo_root)
+    _wait_for(StudyLayout(out).stamps / "data.json", proc)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not StudyLayout(out).report.exists()
+
+
+def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_metrics(micro, zoo_root, tmp_path):
+    """Killed with SIGKILL anywhere (mid-write, mid-step, holding the lock and MLflow runs), a rerun
+    finishes with the metrics of a study never interrupted."""
+    import mlflow
+
+    study_file, _ = micro
+    started = time.monotonic()
+    _run(study_file, tmp_path / "whole", zoo_root)
+    duration = time.monotonic() - started
+    expected = _aggregates(tmp_path / "whole")
+    assert expected
+    for seed in (0, 1, 2):
+        out = tmp_path / f"killed-{seed}"
+        proc = _start(study_file, out, zoo_root)
+        _wait_for(out / ".lock.pid", proc)  # past imports and checks: the work begins
+        time.sleep(random.Random(seed).uniform(0.0, duration))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        _run(study_file, out, zoo_root)
+        assert _aggregates(out) == expected, f"seed {seed}"
+        client = mlflow.MlflowClient(f"sqlite:///{StudyLayout(out).mlflow_db}")
+        running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     "attributes.status = 'RUNNING'")
+        assert running == [], f"seed {seed}: runs left RUNNING"
