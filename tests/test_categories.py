@@ -163,8 +163,10 @@ def test_tag_file_and_cli_roundtrip(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [('{"text": "a"}\n{"text": \n', ":2: malformed JSON"),
-     ('{"text": "a"}\n\n{"text": 3}\n', ":3: 'text' must be a string"),
-     ('{"txt": "a"}\n', ":1: missing field")],
+     ('{"text": "a"}\n\n{"text": 3}\n', ":3: field 'text': input should be a valid string, got number"),
+     ('{"txt": "a"}\n', ":1: field 'text': missing"),
+     ('{"text": "a\u2028b"}\n{"text": NaN}\n', ":2: NaN is not JSON"),
+     ("\n\n", ": empty file")],
 )
 def test_cli_bad_input_is_one_line(tmp_path, capsys, content, message):
     src = tmp_path / "in.jsonl"

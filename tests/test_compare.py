@@ -299,6 +299,10 @@ def test_malformed_metrics_file_is_named(tmp_path):
     (study / "metrics" / "s__lora__instruct.json").write_text('{"aggregate": ')
     with pytest.raises(TunelensError, match=r"s__lora__instruct\.json:1: malformed JSON"):
         compare_study(study, FAST)
+    (study / "metrics" / "s__lora__instruct.json").write_text(
+        '{"aggregate": {"chrf": 1.0}, "per_example": [{"chrf": 1.0}]}')
+    with pytest.raises(TunelensError, match=r"s__lora__instruct\.json: field 'per_example\.0\.id': missing"):
+        compare_study(study, FAST)
 
 
 def test_runs_come_from_identities_not_file_names(tmp_path):

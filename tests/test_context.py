@@ -114,3 +114,13 @@ def test_explain_refuses_a_clause_that_does_not_fit(short_model_dir, tmp_path, r
         explain_run(str(short_model_dir), data, tmp_path / "a.parquet", ExplanationConfig(heatmap=False),
                     progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_fitter_keeps_a_templates_leading_special_token_written_as_text(short_model):
+    """A chat template writes BOS into the text (tokenized without adding specials): it stays."""
+    _, tokenizer = short_model
+    text = tokenizer.bos_token + "### Clause:\n" + CLAUSE * 200 + "\n### Rule:\n"
+    full = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    fitted = PromptFitter(tokenizer, 20, add_special_tokens=False)(text)
+    assert fitted.ids == [tokenizer.bos_token_id, *full["input_ids"][-19:]]
+    assert fitted.truncated_chars == full["offset_mapping"][-19][0] - len(tokenizer.bos_token)

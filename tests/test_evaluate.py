@@ -268,14 +268,14 @@ def test_distinct_n_jackknife_leaves_each_prompt_out():
         ('{"id": 1, "reference": "a", "prediction": "b"}\n{"id": 2, "refer\n',
          r"p\.jsonl:2: malformed JSON"),
         ('{"id": 1, "reference": "a", "prediction": "b"}\n\n{"id": 2, "reference": "a"}\n',
-         r"p\.jsonl:3: missing field\(s\) prediction"),
-        ('{"id": 1, "prediction": "b"}\n', r"p\.jsonl:1: missing field\(s\) reference"),
+         r"p\.jsonl:3: field 'prediction': missing"),
+        ('{"id": 1, "prediction": "b"}\n', r"p\.jsonl:1: field 'reference': missing"),
         ('{"id": 1, "reference": "a", "prediction": null}\n',
-         r"p\.jsonl:1: 'prediction' must be a string, got null"),
+         r"p\.jsonl:1: field 'prediction': .*string, got null"),
         ('{"id": 1, "reference": "a", "prediction": "b"}\n{"id": 1, "reference": "a", '
-         '"prediction": "c"}\n', r"p\.jsonl:2: duplicate id 1 \(first on line 1\)"),
+         '"prediction": "c"}\n', r"p\.jsonl:2: duplicate id '1' \(first at .*p\.jsonl:1\)"),
         ('{"id": 1, "reference": "a", "prediction": "b", "samples": "b"}\n',
-         r"p\.jsonl:1: 'samples' must be a list of strings"),
+         r"p\.jsonl:1: field 'samples': .*list, got string"),
     ],
 )
 def test_bad_prediction_files_fail_with_one_line_and_write_nothing(tmp_path, content, message):

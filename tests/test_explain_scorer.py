@@ -131,7 +131,7 @@ def test_features_skip_specials_and_respect_the_window(micro_model):
         ({"prompts": PROMPT, "targets": TARGET, "granularity": "letter"}, "unknown granularity"),
         ({"prompts": PROMPT, "targets": TARGET, "baseline": "zero"}, "unknown baseline"),
         ({"prompts": PROMPT, "targets": TARGET, "granularity": "span"}, "needs spans"),
-        ({"prompts": PROMPT, "targets": TARGET * 40}, "exceed the model's context"),
+        ({"prompts": PROMPT, "targets": TARGET * 40}, r"the target \(\d+ tokens\) leaves no room"),
         ({"prompts": [PROMPT, PROMPT], "targets": [TARGET]}, "2 prompts but 1 targets"),
         ({"prompts": PROMPT, "targets": TARGET, "antithetic": True}, "takes no option"),
         ({"prompts": PROMPT, "targets": TARGET, "feature_window": (5, 500)}, "feature_window"),

@@ -325,14 +325,9 @@ def test_table_reader_keeps_types_and_reads_a_bom(tmp_path):
         load_table(tmp_path / "d.parquet", DataConfig())
 
 
-# -- study YAML and run folders (config.py, layout.py: read-only use) ---------------------------
+# -- study YAML and run folders (config.py, layout.py) ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.load_study lets PyYAML's constructor errors escape (ValueError for 2024-99-99, "
-    "!!int 'x', a 5000-digit int; AttributeError for !!timestamp 'x') and "
-    "format_validation_error puts a key's raw newline in the message; the integrator fixes "
-    "config.py and removes this marker"))
 @FUZZ
 @given(st.one_of(st.binary(max_size=200), yaml_bytes()))
 @example(b"name: 2024-99-99\n")
@@ -360,8 +355,6 @@ def test_run_identity_reader(data):
     assert found is None or all(isinstance(run, RunIdentity) for run in found)
 
 
-@pytest.mark.xfail(strict=True, reason="layout.RunIdentity.from_dict converts types (str(5), "
-                   "bool('false')); the integrator switches it to contracts.RunIdentityRecord")
 def test_run_identity_is_read_strictly(tmp_path):
     layout = StudyLayout(tmp_path)
     layout.runs.mkdir()

@@ -211,7 +211,7 @@ def test_http_error_is_one_line(tmp_path):
 
 def test_judge_needs_prompt_column(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "prompt"} for r in ROWS]
-    with pytest.raises(TunelensError, match=r"p\.jsonl:1: missing field\(s\) prompt"):
+    with pytest.raises(TunelensError, match=r"p\.jsonl:1: field 'prompt': missing"):
         evaluate(write_rows(tmp_path / "p.jsonl", rows), tmp_path / "m.json",
                  config_for("http://127.0.0.1:9"))
 

@@ -93,7 +93,8 @@ def test_bad_corpus_and_index(tmp_path):
     bad.write_text('{"prompt": "x", "completion": "y"}\n{"prompt": 5, "completion": "y"}\n')
     with pytest.raises(TunelensError, match=r"bad.jsonl:2: field 'prompt': .*string"):
         build_index(bad, tmp_path / "i")  # a number is not a clause (it was once read as "5")
-    bad.write_text('{"id": "a", "prompt": "x", "completion": "y"}\n{"id": "a", "prompt": "z", "completion": "y"}\n')
+    row = '{"id": "a", "prompt": "x", "completion": "y"}\n'
+    bad.write_text(row + row)
     with pytest.raises(TunelensError, match=r"bad.jsonl:2: duplicate id 'a' \(first at .*bad.jsonl:1\)"):
         build_index(bad, tmp_path / "i")
     assert not (tmp_path / "i").exists()

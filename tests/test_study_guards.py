@@ -229,3 +229,17 @@ def test_training_runs_of_a_study_are_tagged_with_the_study_and_use_its_store(tm
     assert default_store_dir(study / "models" / "r") == study.resolve()
     assert resolve_uri(study / "models" / "r", None) == f"sqlite:///{study.resolve() / 'mlflow.db'}"
     assert resolve_uri(tmp_path / "x" / "r", None) == f"sqlite:///{(tmp_path / 'x').resolve() / 'mlflow.db'}"
+
+
+def test_a_new_sqlite_store_appears_complete_or_not_at_all(tmp_path):
+    """MLflow migrates a new database in many transactions; a kill among them used to leave one
+    that no later run could open ("table ... already exists")."""
+    from mlflow import MlflowClient
+
+    from tunelens.train.tracking import ensure_sqlite_store
+
+    db = tmp_path / "mlflow.db"
+    (tmp_path / ".mlflow.db.999.tmp").write_text("half a schema")  # left by a killed attempt
+    ensure_sqlite_store(f"sqlite:///{db}", clean=True)
+    assert db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+    assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]

@@ -221,7 +221,7 @@ def test_data_without_needed_fields(micro_model_dir, tmp_path, capsys):
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     assert _cli(micro_model_dir, data, out) == 2
-    assert "train.jsonl:3: missing field(s) completion" in capsys.readouterr().err
+    assert "train.jsonl:3: field 'completion': missing" in capsys.readouterr().err
     assert _nothing_written(tmp_path, out)
 
 
@@ -348,14 +348,16 @@ def test_identity_is_checked_and_defaults_to_what_the_call_knows(micro_model_dir
         "name": "org/model__lora__causal", "model": "org/model", "strategy": "lora",
         "objective": "causal", "rag": False, "seed": None}
     assert run_identity(str(micro_model_dir), "full", "instruct", None)["model"] == micro_model_dir.name
-    given = {"model": "tl-d2", "strategy": "lora", "objective": "instruct", "seed": "2", "prompt": "p1"}
+    given = {"model": "tl-d2", "strategy": "lora", "objective": "instruct", "seed": 2, "prompt": "p1"}
     assert run_identity("x", "lora", "instruct", given) == {
         "name": "tl-d2__lora__instruct__seed2", "model": "tl-d2", "strategy": "lora",
         "objective": "instruct", "rag": False, "seed": 2, "prompt": "p1"}
     with pytest.raises(TunelensError, match="identity is full/instruct but this run trains lora"):
         run_identity("x", "lora", "instruct", {**given, "strategy": "full"})
-    with pytest.raises(TunelensError, match="expected a run identity"):
+    with pytest.raises(TunelensError, match="field 'model': missing"):
         run_identity("x", "lora", "instruct", {"strategy": "lora"})
+    with pytest.raises(TunelensError, match="field 'seed': input should be a valid integer"):
+        run_identity("x", "lora", "instruct", {**given, "seed": "2"})
 
 
 def test_private_bitsandbytes_helper_is_still_there():

@@ -24,6 +24,7 @@ from typing_extensions import TypedDict  # pydantic needs this one below Python 
 
 from tunelens.errors import TunelensError
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
+from tunelens.io import printable, read_text
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
 
 # The allowed values come from the registries that implement them (one list each, see catalog.py).
@@ -339,8 +340,6 @@ class Study(Section):
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML; raise :class:`TunelensError` with the key path on error."""
     path = Path(path)
-    from tunelens.io import read_text
-
     text = read_text(path)  # one line naming the file (and line) if missing, a folder or not UTF-8
     try:
         raw = yaml.safe_load(text) or {}
@@ -350,6 +349,9 @@ def load_study(path: str | Path) -> Study:
         problem = getattr(exc, "problem", None)
         raise TunelensError(f"{path}{where}: malformed YAML" + (f" ({problem})" if problem else "")) \
             from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values it cannot build (2024-99-99, !!int 'x').
+        raise TunelensError(f"{path}: malformed YAML value ({printable(str(exc))})") from None
     if not isinstance(raw, dict):
         raise TunelensError(f"{path}: expected a mapping of sections at the top level, "
                             f"got {type(raw).__name__}")
@@ -391,7 +393,7 @@ def default_of(section: type[BaseModel], field: str) -> str:
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem is too many for the CLI: report the first, with its key path."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = printable(".".join(str(p) for p in err["loc"]))
     if err["type"] == "extra_forbidden":
         return f"unknown key '{loc}'"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

@@ -122,6 +122,12 @@ class ClauseRow(Row):
     source: AnyText | None = None
 
 
+class TextRow(Row):
+    """A line of ``tunelens categories --input``: a text to tag (other keys are kept)."""
+
+    text: AnyText
+
+
 class TableRow(Row):
     """A user's row in ``data prepare`` after column mapping, before cleaning.
 

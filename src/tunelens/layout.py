@@ -23,8 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tunelens.errors import TunelensError
-from tunelens.io import read_json, write_json
+from tunelens.io import write_json
 
 
 @dataclass(frozen=True)
@@ -59,14 +58,11 @@ class RunIdentity:
 
     @classmethod
     def from_dict(cls, raw: dict, origin: str = "identity") -> RunIdentity:
-        try:
-            seed = raw.get("seed")
-            return cls(model=str(raw["model"]), strategy=str(raw["strategy"]),
-                       objective=str(raw["objective"]), rag=bool(raw.get("rag", False)),
-                       seed=None if seed is None else int(seed))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise TunelensError(f"{origin}: expected a run identity with model, strategy, objective "
-                                "(and optionally rag, seed)") from None
+        """Strictly: a seed of "1" or a rag of "false" is an error, not a guess."""
+        from tunelens.contracts import RunIdentityRecord, parse_row
+
+        record = parse_row(raw, RunIdentityRecord, origin)
+        return cls(**record.model_dump(include={"model", "strategy", "objective", "rag", "seed"}))
 
 
 @dataclass(frozen=True)
@@ -172,9 +168,10 @@ class StudyLayout:
     def identities(self) -> list[RunIdentity]:
         """Every run recorded in ``runs/``, sorted by name."""
         found = []
+        from tunelens.contracts import RunIdentityRecord, read_object
+
         for path in sorted(self.runs.glob("*.json")):
-            raw = read_json(path)
-            if not isinstance(raw, dict):
-                raise TunelensError(f"{path}: expected a JSON object")
-            found.append(RunIdentity.from_dict(raw, origin=str(path)))
+            record = read_object(path, RunIdentityRecord)
+            found.append(RunIdentity(**record.model_dump(include={"model", "strategy", "objective",
+                                                                  "rag", "seed"})))
         return sorted(found, key=lambda r: r.name)

@@ -28,14 +28,9 @@ def zoo_build_cmd(
     corpus; each is saved as a checkpoint that AutoModelForCausalLM loads unchanged."""
     opt.writable_out(out, "dir")
     opt.set_threads(threads)
-    # TODO(integrator): drop the guard once build_zoo takes ``threads`` (requested from H5): today
-    # pre-training pins torch to one thread, so --threads reaches only what runs around it.
-    import inspect
-
     from tunelens.models.zoo import build_zoo
 
-    more = {"threads": threads} if "threads" in inspect.signature(build_zoo).parameters else {}
-    entries = build_zoo(preset, out, force=force, **more)
+    entries = build_zoo(preset, out, force=force, threads=threads)
     opt.print_table(f"zoo '{preset}' in {out}", ("name", "params", "tokens seen", "final loss",
                                                 "seconds"),
                     ((e["name"], e["params"], e["tokens_seen"], e["final_loss"],
@@ -74,8 +69,12 @@ def train_cmd(
         info = train(model, data, out, strategy, objective, config=train_cfg, tracking=tracking_cfg,
                      run_name=run_name, progress=True)
     except KeyboardInterrupt:
-        err_console.print(f"[bold yellow]interrupted:[/] checkpoint saved under {out.parent}/"
-                          f".{out.name}.partial; rerun the same command to resume")
+        from tunelens.train.runner import resumable_checkpoint
+
+        saved = resumable_checkpoint(out)
+        err_console.print("[bold yellow]interrupted:[/] " + (
+            f"checkpoint {saved}; rerun the same command to resume" if saved else
+            "no checkpoint was written yet; rerunning starts over"), highlight=False)
         raise typer.Abort() from None  # main() turns it into exit code 130
     _print_run(info, f"{strategy}/{objective} -> {out}")
 

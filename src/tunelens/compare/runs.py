@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunelens.contracts import MetricsFile, read_object
 from tunelens.errors import TunelensError
 from tunelens.io import read_json
 from tunelens.layout import RunIdentity, StudyLayout
@@ -37,7 +38,6 @@ __all__ = ["RunInfo", "discover_runs", "primary_runs", "read_attributions",
            "strategy_key", "unrecorded_outputs"]
 
 ATTRIBUTION_COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score")
-INTERVAL_KEYS = ("intervals", "aggregate_ci", "ci", "confidence_intervals")
 TRAINING_KEYS = ("trainable_params", "total_params", "val_loss_before", "val_loss_after",
                  "wall_seconds", "tokens_per_second", "peak_rss_mb")
 # the per-run outputs of a study: (folder attribute of StudyLayout, file suffix)
@@ -240,39 +240,28 @@ def _attach_model(run: RunInfo, layout: StudyLayout, models: dict[str, dict],
 
 
 def _load_metrics(run: RunInfo, path: Path) -> None:
+    """Aggregates, intervals and numeric per-example scores of a metrics file
+    (:class:`tunelens.contracts.MetricsFile`; a malformed one is one error naming the file)."""
     if not path.exists():
         return
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise TunelensError(f"{path}: expected a JSON object with 'aggregate' and 'per_example'")
-    agg = raw.get("aggregate", {})
-    if not isinstance(agg, dict):
-        raise TunelensError(f"{path}: 'aggregate' must be an object")
-    run.aggregate = {k: v for k, v in ((k, _finite(v)) for k, v in agg.items()) if v is not None}
-    for key in INTERVAL_KEYS:
-        if isinstance(raw.get(key), dict):
-            for metric, iv in raw[key].items():
-                pair = _interval(iv)
-                if pair is not None:
-                    run.intervals[metric] = pair
-            break
-    rows = raw.get("per_example")
-    if rows:
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise TunelensError(f"{path}: 'per_example' must be a list of objects")
-        frame = pd.DataFrame(rows)
-        if "id" not in frame.columns:
-            raise TunelensError(f"{path}: per_example rows need an 'id'")
-        frame["id"] = frame["id"].astype(str)
-        numeric = {}
-        for col in frame.columns:
-            if col == "id":
-                continue
-            values = frame[col]
-            if values.map(lambda v: v is None or isinstance(v, bool | int | float)).all():
-                numeric[col] = pd.to_numeric(values.astype(object).map(_to_float),
-                                             errors="coerce").to_numpy(float)
-        run.per_example = pd.DataFrame(numeric, index=frame["id"]).groupby(level=0).mean()
+    metrics = read_object(path, MetricsFile)
+    run.aggregate = {k: v for k, v in ((k, _finite(v)) for k, v in metrics.aggregate.items())
+                     if v is not None}
+    run.intervals = {k: pair for k, iv in metrics.intervals.items()
+                     if (pair := _interval(iv)) is not None}
+    rows = [example.model_dump() for example in metrics.per_example]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows)
+    numeric = {}
+    for col in frame.columns:
+        if col == "id":
+            continue
+        values = frame[col]
+        if values.map(lambda v: v is None or isinstance(v, bool | int | float)).all():
+            numeric[col] = pd.to_numeric(values.astype(object).map(_to_float),
+                                         errors="coerce").to_numpy(float)
+    run.per_example = pd.DataFrame(numeric, index=frame["id"].astype(str))
 
 
 def _assign_sizes(runs: list[RunInfo]) -> None:
@@ -301,8 +290,6 @@ def _assign_sizes(runs: list[RunInfo]) -> None:
 
 
 def _interval(value) -> tuple[float, float] | None:
-    if isinstance(value, dict):
-        value = (value.get("lo", value.get("low")), value.get("hi", value.get("high")))
     if isinstance(value, list | tuple) and len(value) == 2:
         lo, hi = _finite(value[0]), _finite(value[1])
         if lo is not None and hi is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from tunelens.config import EvaluationConfig, JudgeConfig, format_validation_error
+from tunelens.contracts import PredictionRow, read_rows
 from tunelens.errors import TunelensError
 from tunelens.evaluate import judge as judging
 from tunelens.evaluate import specs
@@ -21,40 +22,16 @@ from tunelens.evaluate.bootstrap import Resampler
 from tunelens.evaluate.diversity import diversity_metrics
 from tunelens.evaluate.metrics import corpus_stats, text_metrics
 from tunelens.evaluate.rules import field_breakdown, score_rule
-from tunelens.io import read_jsonl, write_json
+from tunelens.io import write_json
 from tunelens.progress import item_bar
-
-REQUIRED = ("id", "reference", "prediction")
 
 
 def load_predictions(path: str | Path, need_prompt: bool = False) -> list[dict]:
-    """Read and check a predictions JSONL; any problem is one error naming ``file:line``."""
-    path = Path(path)
-    rows = read_jsonl(path, required=REQUIRED + (("prompt",) if need_prompt else ()))
-    text = path.read_text(encoding="utf-8")
-    line_numbers = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    seen: dict[str, int] = {}
-    for row, line in zip(rows, line_numbers, strict=True):
-        where = f"{path}:{line}"
-        for key in ("reference", "prediction") + (("prompt",) if need_prompt else ()):
-            if not isinstance(row[key], str):
-                raise TunelensError(f"{where}: '{key}' must be a string, got {_kind(row[key])}")
-        if not isinstance(row["id"], str | int) or isinstance(row["id"], bool):
-            raise TunelensError(f"{where}: 'id' must be a string or integer, got {_kind(row['id'])}")
-        key = str(row["id"])
-        if key in seen:
-            raise TunelensError(f"{where}: duplicate id {row['id']!r} (first on line {seen[key]})")
-        seen[key] = line
-        samples = row.get("samples")
-        if samples is not None and not (
-            isinstance(samples, list) and all(isinstance(s, str) for s in samples)
-        ):
-            raise TunelensError(f"{where}: 'samples' must be a list of strings")
-    return rows
-
-
-def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__
+    """Read and check a predictions JSONL (:class:`tunelens.contracts.PredictionRow`, ids unique,
+    a reference on every row, a prompt too for the judge); any problem is one ``file:line`` error."""
+    require = ("reference", "prompt") if need_prompt else ("reference",)
+    rows = read_rows(path, PredictionRow, require=require, unique_ids=True)
+    return [row.model_dump() for row in rows]
 
 
 def judge_config(base: JudgeConfig, url: str | None = None, model: str | None = None,
@@ -90,7 +67,7 @@ def evaluate(predictions: Path, out: Path, config: EvaluationConfig | None = Non
 
 
 def _judge(rows: list[dict], config: JudgeConfig, progress: bool):
-    with item_bar(progress) as bar:
+    with item_bar(progress, transient=True) as bar:
         task = bar.add_task("judging", total=len(rows))
         return judging.judge_rows(rows, config, advance=lambda: bar.advance(task))
 

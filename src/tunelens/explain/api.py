@@ -20,7 +20,7 @@ import numpy as np
 from tunelens.config import ExplanationConfig
 from tunelens.errors import TunelensError
 from tunelens.explain.base import Job, Options, get_method
-from tunelens.explain.features import GRANULARITIES, baseline_token, build_features
+from tunelens.explain.features import baseline_token, build_features, check_granularity
 from tunelens.explain.result import Attribution
 from tunelens.explain.scorer import Scorer
 from tunelens.models.context import prompt_budget, warn_truncated
@@ -93,10 +93,7 @@ def _check_request(tokenizer, prompts: list, targets: list, granularity: str, ba
     """Fail before any model call on a malformed request; the feature window of each prompt."""
     if len(prompts) != len(targets):
         raise TunelensError(f"{len(prompts)} prompts but {len(targets)} targets: need one target per prompt")
-    if granularity not in GRANULARITIES:
-        raise TunelensError(
-            f"unknown granularity '{granularity}' (expected one of {', '.join(GRANULARITIES)})"
-        )
+    check_granularity(granularity)
     baseline_token(tokenizer, baseline)  # the tokenizer has that token
     if granularity == "span" and (spans is None or len(spans) != len(prompts)):
         raise TunelensError("granularity 'span' needs spans: one list of (start, end) per prompt")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunelens.errors import TunelensError
+from tunelens.explain import catalog
 
-GRANULARITIES = ("token", "word", "span")
-BASELINES = ("unk", "pad", "mask", "delete", "sample")
+GRANULARITIES = tuple(catalog.GRANULARITIES)  # the names live in the catalog; the code here
+BASELINES = tuple(catalog.BASELINES)
 
 
 @dataclass
@@ -100,10 +101,7 @@ def build_features(tokenizer, prompt: str, granularity: str = "token",
     """Split ``prompt`` into features of the given granularity (see the module docstring)."""
     if not prompt:
         raise TunelensError("empty prompt: nothing to attribute")
-    if granularity not in GRANULARITIES:
-        raise TunelensError(
-            f"unknown granularity '{granularity}' (expected one of {', '.join(GRANULARITIES)})"
-        )
+    check_granularity(granularity)
     ids, offsets, special = tokenize(tokenizer, prompt)
     if feature_window is None:
         lo, hi = 0, len(prompt)
@@ -129,6 +127,13 @@ def build_features(tokenizer, prompt: str, granularity: str = "token",
         raise TunelensError(f"prompt has no {granularity} features to attribute: {prompt[:60]!r}")
     texts = [prompt[s:e] for s, e in char_spans]
     return Features(ids, groups, texts, char_spans, offsets, special, int(np.argmax(inside)))
+
+
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise TunelensError(
+            f"unknown granularity '{granularity}' (expected one of {', '.join(GRANULARITIES)})"
+        )
 
 
 def _stripped(prompt: str, start: int, end: int) -> tuple[int, int]:

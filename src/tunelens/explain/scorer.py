@@ -25,6 +25,7 @@ Results are per target token, so per-target attribution matrices cost nothing ex
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class Scorer:
         self.pass_cost = PASS_COST_TOKENS.get(self.device.type, PASS_COST_TOKENS["cpu"])
         self.pad_id = _pad_id(self.config)
         self.max_positions = getattr(self.config, "max_position_embeddings", None)
+        # transformers 5 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns)
+        takes_cache = "cache" in inspect.signature(body.forward).parameters
+        self.cache_kw = "cache" if takes_cache else "past_key_values"
         self.head_only: bool | None = None  # decided on the first prompt
         self.forward_passes = 0
         self.scored = 0
@@ -208,20 +212,20 @@ class Scorer:
         use_cache = keep_cache or past is not None
         row_index = torch.arange(n_rows, device=self.device)[:, None]
         target_t = torch.as_tensor(target, device=self.device).expand(n_rows, -1).reshape(-1, 1)
+        given = {self.cache_kw: past, "use_cache": use_cache}
         if self.head_only:
-            out = self.body(input_ids=ids_t, attention_mask=mask_t, past_key_values=past, use_cache=use_cache)
+            out = self.body(input_ids=ids_t, attention_mask=mask_t, **given)
             picked = out.last_hidden_state[row_index, gather].reshape(n_rows * n_target, -1)
             picked_lp = self._head_logprobs(picked, target_t).view(n_rows, n_target)
         else:
-            out = self.model(input_ids=ids_t, attention_mask=mask_t, past_key_values=past,
-                             use_cache=use_cache)
+            out = self.model(input_ids=ids_t, attention_mask=mask_t, **given)
             logits = out.logits[row_index, gather].reshape(n_rows * n_target, -1)
             picked_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_t).view(n_rows, n_target)
         self.forward_passes += 1
         self.scored += n_rows
         kept = None
         if keep_cache:
-            kept = _plain_layers(out.past_key_values)
+            kept = _plain_layers(out[self.cache_kw])
         return picked_lp.double().cpu().numpy(), kept
 
     def _head_logprobs(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,7 @@ def pretraining_texts(rows: Sequence[dict], seed: int = 0) -> tuple[list[str], l
 
 
 def build_zoo(preset: str, out: Path, force: bool = False, *,
-              rows: Sequence[dict] | None = None) -> list[dict]:
+              rows: Sequence[dict] | None = None, threads: int | None = None) -> list[dict]:
     """Build (or reuse) the ladder of ``preset`` in ``out`` and return its entries (absolute paths).
 
     ``rows`` replaces the bundled dataset (rows with ``prompt``, ``completion`` and optionally
@@ -193,6 +193,8 @@ def build_zoo(preset: str, out: Path, force: bool = False, *,
     ``tunelens.data.compliance.dataset.bundled_rows()``. A folder holding a build with the same
     key (preset, corpus, code and library versions) is reused unless ``force``; anything else is
     rebuilt in a temporary folder and renamed onto ``out`` only when every model is saved.
+    ``threads`` is torch's intra-op threads while pre-training (default 1: these models are small
+    enough that more threads mostly spin).
     """
     from rich.console import Console
 
@@ -215,7 +217,7 @@ def build_zoo(preset: str, out: Path, force: bool = False, *,
         tokenizer = train_tokenizer(_tokenizer_corpus(clauses, rules), vocab_size=spec.vocab_size)
         blocks = (pack_blocks(tokenizer, clauses, spec.block_size)
                   + pack_blocks(tokenizer, rules, spec.block_size))
-        entries = _train_ladder(spec, tokenizer, blocks, tmp)
+        entries = _train_ladder(spec, tokenizer, blocks, tmp, threads or 1)
         corpus = {
             "source": source,
             "rows": len(rows),
@@ -323,7 +325,7 @@ def _complete(out: Path, ladder: dict) -> bool:
                for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path) -> list[dict]:
+def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path, threads: int) -> list[dict]:
     from tunelens.models.pretrain import pretrain
     from tunelens.progress import item_bar
 
@@ -336,7 +338,7 @@ def _train_ladder(spec: Preset, tokenizer, blocks, tmp: Path) -> list[dict]:
                               seed=spec.seed)
             result = pretrain(
                 model, tokenizer, blocks, steps=spec.steps, batch_size=spec.batch_size,
-                learning_rate=rung.learning_rate, seed=spec.seed,
+                learning_rate=rung.learning_rate, seed=spec.seed, cpu_threads=threads,
                 on_step=lambda step, task=task: progress.update(task, completed=step),
             )
             model.config.use_cache = True

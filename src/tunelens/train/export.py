@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelens.contracts import RunRecord, read_object
 from tunelens.errors import TunelensError
-from tunelens.io import atomic_dir, read_json, write_json
+from tunelens.io import atomic_dir, write_json
 
 
 def export_merged(run_dir: Path, out: Path) -> Path:
@@ -28,7 +29,7 @@ def export_merged(run_dir: Path, out: Path) -> Path:
         raise TunelensError(f"{run_dir}: not a finished training run (no run.json)")
     if out.resolve() == run_dir.resolve():
         raise TunelensError(f"{out}: the export must go to a different folder than the run")
-    info = read_json(run_dir / "run.json")
+    info = read_object(run_dir / "run.json", RunRecord).model_dump()
     has_adapter = (run_dir / "adapter_config.json").exists()
 
     from tunelens.models.loading import load_model, load_tokenizer

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelens.contracts import ClauseRow, read_rows
 from tunelens.data.templates import has_chat_template, render_causal, render_prompt
 from tunelens.errors import TunelensError
-from tunelens.io import read_jsonl
 from tunelens.train.catalog import OBJECTIVES
-
-REQUIRED_FIELDS = ("prompt", "completion")
 
 
 def check_objective(objective: str) -> None:
@@ -35,12 +33,7 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     path = Path(data_dir) / f"{split}.jsonl"
     if not Path(data_dir).is_dir():
         raise TunelensError(f"{data_dir}: no such folder (expected train.jsonl and val.jsonl in it)")
-    rows = read_jsonl(path, required=REQUIRED_FIELDS)
-    for lineno, row in enumerate(rows, start=1):
-        for key in REQUIRED_FIELDS:
-            if not isinstance(row[key], str) or not row[key].strip():
-                raise TunelensError(f"{path}: row {lineno}: '{key}' must be a non-empty string")
-    return rows
+    return [row.model_dump() for row in read_rows(path, ClauseRow, require=("completion",))]
 
 
 def format_rows(rows: list[dict], tokenizer, objective: str) -> list[dict]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelens.config import TrackingConfig, TrainConfig
+from tunelens.contracts import RunRecord
 from tunelens.errors import TunelensError
 from tunelens.fingerprint import fingerprint
 from tunelens.io import read_json, write_json
@@ -244,6 +245,7 @@ def finish(session: Session, out: Path, result, resume: dict, val_after: float,
     (work / RESUME).unlink(missing_ok=True)
     session.trainer.model.save_pretrained(work)
     session.tokenizer.save_pretrained(work)
+    RunRecord.model_validate(info)  # the contract other code reads run.json by
     write_json(work / "run.json", info)
     _replace(work, out)
     return info

@@ -70,6 +70,35 @@ def local_artifacts(uri: str, fallback: Path | None = None) -> str | None:
     return Path(fallback).resolve().as_uri() if fallback is not None else None
 
 
+def ensure_sqlite_store(uri: str, clean: bool = False) -> None:
+    """Create a new SQLite store complete in a temporary file, then rename it into place.
+
+    MLflow creates its schema in dozens of migration steps, each its own transaction: a process
+    killed among them (SIGKILL, a power cut) leaves a database that every later run fails to open
+    ("table ... already exists"). A file renamed into place only when complete cannot be
+    half-made. ``clean`` removes temporary files of earlier, killed attempts (only safe while
+    holding the study's lock).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if clean:
+        for stale in db.parent.glob(f".{db.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    if db.exists():
+        return
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
     """The id of experiment ``name``, created with ``artifact_location`` when it is new."""
     found = client.get_experiment_by_name(name)
@@ -110,6 +139,7 @@ def track_study(study: Study, layout: StudyLayout) -> Iterator[TrackingConfig]:
     _quiet()
     uri = study.tracking.uri or f"sqlite:///{layout.mlflow_db.resolve()}"
     try:
+        ensure_sqlite_store(uri, clean=True)
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = ensure_experiment(client, study.tracking.experiment or study.name,
                                        local_artifacts(uri, layout.mlflow_artifacts))
@@ -160,6 +190,7 @@ class Tracker:
         if parent is not None and mlflow.get_tracking_uri() != self.uri:
             parent = None
         try:
+            ensure_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
             if parent is not None and asked:  # nest only if the parent is in the asked experiment
                 if self.client.get_experiment(parent.info.experiment_id).name != asked:

@@ -33,8 +33,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelens.contracts import TextRow, parse_row
 from tunelens.errors import TunelensError
-from tunelens.io import read_jsonl, write_jsonl
+from tunelens.io import iter_jsonl, write_jsonl
 
 CATEGORIES = ("RULE_ID", "NUMBER", "UNIT", "COMPARATOR", "MODAL", "CONDITION", "OTHER")
 _PRIORITY = {"RULE_ID": 5, "NUMBER": 4, "COMPARATOR": 3, "CONDITION": 2, "MODAL": 1}
