@@ -164,40 +164,35 @@ def test_a_rate_limited_request_is_retried_and_the_evaluation_completes(tmp_path
     assert result["info"]["judge"]["missing"] == 0
 
 
-def test_rate_limit_past_the_retries_is_one_line(tmp_path, monkeypatch):
-    from tunelens.evaluate import judge
-
-    monkeypatch.setattr(judge, "HTTP_RETRIES", 1)
+def test_rate_limit_past_the_retries_is_one_line(tmp_path):
+    retries = 1
     with ScriptedServer([], status=429) as server:
         with pytest.raises(TunelensError, match=r"HTTP 429 \(.*rate limited") as e:
-            evaluate(write_rows(tmp_path / "p.jsonl"), tmp_path / "m.json", config_for(server.url))
+            evaluate(write_rows(tmp_path / "p.jsonl"), tmp_path / "m.json",
+                     config_for(server.url, http_retries=retries))
     assert len(server.requests) == 2 and "\n" not in str(e.value)
 
 
-def test_connection_refused_is_one_line_naming_the_url(tmp_path, monkeypatch):
-    from tunelens.evaluate import judge
-
-    monkeypatch.setattr(judge, "HTTP_RETRIES", 0)
+def test_connection_refused_is_one_line_naming_the_url(tmp_path):
+    retries = 0
     with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     out = tmp_path / "m.json"
     with pytest.raises(TunelensError, match=rf"judge at {url}/v1/chat/completions: cannot connect") as e:
-        evaluate(write_rows(tmp_path / "p.jsonl"), out, config_for(url))
+        evaluate(write_rows(tmp_path / "p.jsonl"), out, config_for(url, http_retries=retries))
     assert "\n" not in str(e.value) and not out.exists()
 
 
-def test_timeout_is_one_line_naming_the_url(tmp_path, monkeypatch):
-    from tunelens.evaluate import judge
-
-    monkeypatch.setattr(judge, "HTTP_RETRIES", 1)
+def test_timeout_is_one_line_naming_the_url(tmp_path):
+    retries = 1
     with ScriptedServer(["{}"], delay=1.0) as server:
         out = tmp_path / "m.json"
         with pytest.raises(TunelensError,
                            match=r"no reply within 0\.2 s \(timeout\), 2 attempts") as e:
             evaluate(write_rows(tmp_path / "p.jsonl"), out,
-                     config_for(server.url, timeout_seconds=0.2))
+                     config_for(server.url, timeout_seconds=0.2, http_retries=retries))
     assert server.url in str(e.value) and "\n" not in str(e.value) and not out.exists()
     assert len(server.requests) == 2  # a timeout is retried once, then reported
 

@@ -194,6 +194,9 @@ class JudgeConfig(Section):
     template_version: str = Field("v1", description="prompt template judge_templates/<version>.txt")
     timeout_seconds: float = Field(60.0, gt=0.0)
     retries: int = Field(2, ge=0, description="re-asks after an unparseable reply")
+    http_retries: int = Field(
+        4, ge=0, description="re-tries of one HTTP request (429, 5xx, timeouts), with back-off"
+    )
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="first attempt (0: greedy)")
     retry_temperature: float = Field(0.7, ge=0.0, description="re-asks sample so they can differ")

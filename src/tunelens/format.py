@@ -52,8 +52,11 @@ def p_value(p, sentence: bool = False) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
-def share(x: float) -> str:
-    """A share as a percentage; small shares keep one decimal so they do not all read 0%."""
+def share(x: float, digits: int | None = None) -> str:
+    """A share as a percentage. By default small shares keep one decimal so they do not all read
+    0%; ``digits`` fixes the decimals (an adapter on a large model is 0.04% of its weights)."""
+    if digits is not None:
+        return f"{x:.{digits}%}"
     return f"{x:.0%}" if abs(x) >= 0.095 else f"{x:.1%}"
 
 

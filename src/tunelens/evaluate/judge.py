@@ -32,7 +32,6 @@ from tunelens.errors import TunelensError
 SCORE_MIN, SCORE_MAX = 1, 5
 API_KEY_ENV = "TUNELENS_JUDGE_API_KEY"
 # Re-tries of one HTTP request (429, 5xx, timeouts), when the config does not say (see make_backend).
-HTTP_RETRIES = 4
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class HttpBackend:
     """
 
     def __init__(self, url: str, model: str, timeout: float, max_tokens: int,
-                 max_retries: int = HTTP_RETRIES):
+                 max_retries: int):
         from openai import OpenAI
 
         self.endpoint = chat_endpoint(url)
@@ -259,10 +258,8 @@ def enabled(config: JudgeConfig) -> bool:
 
 def make_backend(config: JudgeConfig):
     if config.url:
-        # TODO(integrator): JudgeConfig.http_retries (config.py, H2); the constant until it lands
-        retries = getattr(config, "http_retries", HTTP_RETRIES)
         return HttpBackend(config.url, config.model, config.timeout_seconds, config.max_new_tokens,
-                           max_retries=retries)
+                           max_retries=config.http_retries)
     if config.path:
         return LocalBackend(config.path, config.max_new_tokens)
     raise TunelensError("no judge configured: give a judge URL and model, or a local model path")

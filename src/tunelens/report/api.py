@@ -151,8 +151,7 @@ def _training(runs: list[dict]) -> list[dict]:
         t = r["training"]
         share = formatting.DASH
         if t.get("trainable_params") and t.get("total_params"):
-            # two decimals, not format.share: an adapter on a large model is 0.04%, not "0.0%"
-            share = f"{t['trainable_params'] / t['total_params']:.2%}"
+            share = formatting.share(t["trainable_params"] / t["total_params"], digits=2)
         out.append({"name": r["model_dir"], "strategy": r["strategy"], "t": t, "share": share})
     return out
 
