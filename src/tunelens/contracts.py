@@ -160,6 +160,7 @@ class PredictionRow(Row):
     topic: AnyText | None = None
     source: AnyText | None = None
     retrieved: list[RowId] | None = None
+    truncated_chars: Count | None = None
 
 
 # -- documents ----------------------------------------------------------------------------------

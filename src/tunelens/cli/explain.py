@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from tunelens.cli import options as opt
-from tunelens.cli.app import app, console
+from tunelens.cli.app import app, console, err_console
 from tunelens.config import ExplanationConfig, override
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.format import choices, number
@@ -62,5 +62,9 @@ def explain_cmd(
                     [(summary["examples"], summary["resumed"], summary["features"], summary["method"],
                       summary["forward_passes"], summary["perturbations"],
                       number(summary["seconds"], 1))])
+    if summary.get("truncated_examples"):
+        err_console.print(f"[yellow]{summary['truncated_examples']} example(s) did not fit the "
+                          "model's context: the context around the clause was cut from the left",
+                          highlight=False)
     if summary["heatmap"]:
         console.print(f"heat-map: {summary['heatmap']}", highlight=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from tunelens.cli import options as opt
-from tunelens.cli.app import app, console, rag_app
+from tunelens.cli.app import app, console, err_console, rag_app
 from tunelens.config import EvaluationConfig, GenerationConfig, RagConfig, default_of, override
 from tunelens.errors import TunelensError
 from tunelens.format import number
@@ -100,6 +100,10 @@ def generate_cmd(
     opt.print_table(f"generate -> {out}", ("rows", "tokens", "seconds", "tokens/s", "rag k"),
                     [(summary["rows"], summary["tokens_generated"], number(summary["seconds"], 1),
                       number(summary["tokens_per_second"], 1), summary["rag_k"])])
+    if summary.get("truncated_rows"):
+        err_console.print(f"[yellow]{summary['truncated_rows']} prompt(s) longer than the model's "
+                          "context were cut from the left (rows marked 'truncated_chars')",
+                          highlight=False)
 
 
 @app.command("evaluate")
