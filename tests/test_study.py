@@ -44,12 +44,12 @@ def test_cells_carry_their_identity_as_data():
     cell = expand_matrix(_study(rag={"enabled": [True]}))[0]
     assert isinstance(cell, Cell)
     assert cell.identity == RunIdentity("s", "full", "instruct", True)
-    assert (cell.strategy, cell.objective, cell.rag) == ("full", "instruct", True)
+    assert (cell.identity.strategy, cell.identity.objective, cell.identity.rag) == ("full", "instruct", True)
 
 
 def test_rag_cells_share_the_model_of_their_twin():
     cells = expand_matrix(_study(rag={"enabled": [False, True]}))
-    rag = [c for c in cells if c.rag]
+    rag = [c for c in cells if c.identity.rag]
     assert len(rag) == 6
     assert all(c.train_name == c.name.removesuffix("__rag") for c in rag)
 

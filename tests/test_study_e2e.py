@@ -38,7 +38,7 @@ def test_every_cell_writes_every_output(quick_study):
     assert [c["status"] for c in status["cells"]] == ["ok"] * len(cells)
     for cell in cells:
         run = json.loads((quick_study / "models" / cell.train_name / "run.json").read_text())
-        assert run["strategy"] == cell.strategy and run["objective"] == cell.objective
+        assert run["strategy"] == cell.identity.strategy and run["objective"] == cell.identity.objective
         preds = (quick_study / "predictions" / f"{cell.name}.jsonl").read_text().splitlines()
         assert len(preds) == study.generation.max_examples
         metrics = json.loads((quick_study / "metrics" / f"{cell.name}.json").read_text())

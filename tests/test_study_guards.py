@@ -114,6 +114,7 @@ def test_interrupt_handler_records_and_raises_and_is_restored():
     assert signal.getsignal(signal.SIGINT) == before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
 def test_a_ctrl_c_swallowed_in_a_destructor_still_stops_the_study(tmp_path):
     """Python drops an exception raised in __del__; the runner must stop at the next check."""
 
@@ -243,3 +244,14 @@ def test_a_new_sqlite_store_appears_complete_or_not_at_all(tmp_path):
     ensure_sqlite_store(f"sqlite:///{db}", clean=True)
     assert db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
     assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
+
+
+def test_compare_and_report_check_their_out_before_any_work(tmp_path, capsys):
+    study = tmp_path / "study"
+    study.mkdir()
+    a_file = tmp_path / "stats.json"
+    a_file.write_text("{}")
+    assert main(["compare", "--study", str(study), "--out", str(a_file)]) == 2
+    assert f"{a_file}: is a file, expected a folder" in capsys.readouterr().err
+    assert main(["report", "--study", str(study), "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder, expected a file path" in capsys.readouterr().err

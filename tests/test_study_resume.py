@@ -78,14 +78,23 @@ def _aggregates(out: Path) -> dict:
             for p in sorted(StudyLayout(out).metrics_dir.glob("*.json"))}
 
 
+def _rerun_changes(study_file, out, zoo_root, cell, **changes) -> tuple[list, bool]:
+    """Rerun; return what ran and whether the predictions changed (evaluate reads only them)."""
+    predictions = StudyLayout(out).predictions_dir / f"{cell}.jsonl"
+    before = predictions.read_bytes()
+    ran = _run(study_file, out, zoo_root, **changes)
+    return ran, predictions.read_bytes() != before
+
+
 def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp_path,
-                                                            monkeypatch):
+                                                            monkeypatch, capfd):
     study_file, source = micro
     monkeypatch.chdir(tmp_path)  # MLflow must not fall back to ./mlruns of the working folder
     out = tmp_path / "study"
     cell = "q1__lora__instruct"
     every = [("data", "data")] + [(cell, s) for s in STAGES]
     assert _run(study_file, out, zoo_root) == every
+    assert "━" not in capfd.readouterr().err  # no stage draws its own bar inside a study
     layout = StudyLayout(out)
     status = json.loads(layout.status.read_text())["cells"][0]
     assert (status["run"], status["model"], status["strategy"], status["rag"]) == \
@@ -103,16 +112,13 @@ def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp
     row = json.loads(lines[i])
     lines[i] = json.dumps({**row, "completion": row["completion"] + " edited"})
     source.write_text("\n".join(lines) + "\n")  # one training row edited: data, then the rest
-    predictions = layout.predictions_dir / f"{cell}.jsonl"
-    before = predictions.read_bytes()
-    ran = _run(study_file, out, zoo_root)
-    # evaluate reads only the predictions: it runs again exactly when the new model's differ
-    changed = predictions.read_bytes() != before
+    ran, changed = _rerun_changes(study_file, out, zoo_root, cell)
     assert ran == [e for e in every if e != (cell, "evaluate") or changed]
 
-    # generation settings feed generate and evaluate; explain reads the references, not them
-    assert _run(study_file, out, zoo_root, generation={"max_new_tokens": 6}) == \
-        [(cell, "generate"), (cell, "evaluate")]
+    # generation settings feed generate (and evaluate); explain reads the references, not them
+    ran, changed = _rerun_changes(study_file, out, zoo_root, cell,
+                                  generation={"max_new_tokens": 6})
+    assert changed and ran == [(cell, "generate"), (cell, "evaluate")]
 
 
 def _start(study_file: Path, out: Path, zoo_root: Path) -> subprocess.Popen:

@@ -358,13 +358,3 @@ def test_identity_is_checked_and_defaults_to_what_the_call_knows(micro_model_dir
         run_identity("x", "lora", "instruct", {"strategy": "lora"})
     with pytest.raises(TunelensError, match="field 'seed': input should be a valid integer"):
         run_identity("x", "lora", "instruct", {**given, "seed": "2"})
-
-
-def test_private_bitsandbytes_helper_is_still_there():
-    """``strategies._no_cpu_inference_packing`` needs bitsandbytes' private inverse of its CPU
-    weight packing (no public one exists); fail here, by name, when bitsandbytes moves it."""
-    import bitsandbytes.functional as bnbf
-
-    assert callable(getattr(bnbf, "_convert_weight_packed_for_cpu_inverse", None)), (
-        "bitsandbytes.functional._convert_weight_packed_for_cpu_inverse is gone: update "
-        "tunelens.train.strategies._no_cpu_inference_packing to bitsandbytes' new API")

@@ -59,18 +59,6 @@ class Cell:
         return cls(model, RunIdentity(model.name, strategy, objective, bool(rag)))
 
     @property
-    def strategy(self) -> str:
-        return self.identity.strategy
-
-    @property
-    def objective(self) -> str:
-        return self.identity.objective
-
-    @property
-    def rag(self) -> bool:
-        return self.identity.rag
-
-    @property
     def name(self) -> str:
         return self.identity.name
 
@@ -245,9 +233,18 @@ class StudyRunner:
         self.on_event(cell, stage, state)
 
     def model_path(self, spec: ModelSpec) -> str:
-        """The base model's path, building zoo models once per study run (timed as 'zoo')."""
+        """The base model's path, building zoo models once per study run (timed as 'zoo').
+
+        A zoo build is reported as stage 'zoo' of the model: it draws its own bars per rung, so a
+        live view pauses while it runs.
+        """
         if spec.name not in self._model_paths:
+            zoo = spec.path.startswith(ZOO_PREFIX)
+            if zoo:
+                self.event(spec.name, "zoo", "running")
             self._model_paths[spec.name] = self._timed("zoo", resolve_model_path, spec, self.zoo_root)
+            if zoo:
+                self.event(spec.name, "zoo", "done")
         return self._model_paths[spec.name]
 
     def _timed(self, stage: str, fn, *args, **kwargs):
@@ -328,7 +325,7 @@ class StudyRunner:
         base = self.model_path(cell.model)
         model_dir, pred = layout.model_dir(run), layout.predictions(run)
         metrics, attr = layout.metrics(run), layout.attributions(run)
-        rag = rag_dir if cell.rag else None
+        rag = rag_dir if cell.identity.rag else None
         test = data_dir / "test.jsonl"
         stage = self._stage
         stage(cell, status, "train", model_dir / "run.json",
@@ -351,7 +348,8 @@ class StudyRunner:
     def _train_stamp(self, cell: Cell, base: str, data_dir: Path) -> str:
         local = Path(base).exists()  # a local model is known by its content, a hub id by its name
         files = ([Path(base)] if local else []) + [data_dir / "train.jsonl", data_dir / "val.jsonl"]
-        return fingerprint("train", None if local else base, cell.strategy, cell.objective,
+        run = cell.identity
+        return fingerprint("train", None if local else base, run.strategy, run.objective,
                            self.study.train.model_dump(mode="json"), files=files)
 
     def _explain_stamp(self, model_dir: Path, pred: Path) -> str:
@@ -367,8 +365,9 @@ class StudyRunner:
         extra = {}
         if "identity" in inspect.signature(train).parameters:  # run.json records who the run is
             extra["identity"] = cell.identity.to_dict()
-        train(base, data_dir, model_dir, cell.strategy, cell.objective, config=self.study.train,
-              tracking=tracking, run_name=cell.train_name, **extra)
+        run = cell.identity
+        train(base, data_dir, model_dir, run.strategy, run.objective, config=self.study.train,
+              tracking=tracking, run_name=run.train_name, **extra)
 
     # -- the whole study -------------------------------------------------------------------------
 
@@ -389,7 +388,7 @@ class StudyRunner:
             for cell in cells:
                 self.layout.write_identity(cell.identity)
             data_dir = self.prepare_data()
-            rag_dir = self.rag_index(data_dir) if any(c.rag for c in cells) else None
+            rag_dir = self.rag_index(data_dir) if any(c.identity.rag for c in cells) else None
             statuses = [CellStatus(c.identity) for c in cells]
             with track_study(self.study, self.layout) as tracking:
                 for cell, st in zip(cells, statuses, strict=True):

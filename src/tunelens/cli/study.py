@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tunelens.cli.app import EXIT_CELLS_FAILED, app, console, err_console
-from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option
+from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option, writable_out
 from tunelens.format import DASH, interval_of, number, p_value
 from tunelens.study import STAGES
 
@@ -40,7 +40,10 @@ def compare_cmd(
     """Compare the runs of a study: attribution concentration, category shares, paired tests of
     distinctness across strategies (Friedman, Wilcoxon + Holm, rank-biserial, permutation),
     agreement between runs against the seed-to-seed floor, and scale curves over model size."""
+    from tunelens.layout import StudyLayout
+
     existing(study, "study folder")
+    writable_out(out or StudyLayout(study).stats, "dir")
     cfg = _study_config(study, config).comparison
     result = _compare_with_bar(study, cfg, out)
     _print_concentration(result, cfg)
@@ -147,9 +150,11 @@ def report_cmd(
     """Write one self-contained HTML report (figures embedded, no network) of a study, with the
     PNG figures in <study>/figures. Runs `compare` first if <study>/stats is missing or older
     than the study's outputs."""
+    from tunelens.layout import StudyLayout
     from tunelens.report import write_report
 
     existing(study, "study folder")
+    writable_out(out or StudyLayout(study).report, "file")
     settings = _study_config(study, config)
     with console.status("writing the report"):
         path = write_report(study, settings.report, out=out, comparison=settings.comparison)
@@ -206,7 +211,8 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
     table = _table(f"study '{study.name}': {len(cells)} cells",
                    ("run", "model", "strategy", "objective", "rag"))
     for c in cells:
-        table.add_row(c.name, c.model.name, c.strategy, c.objective, "yes" if c.rag else "no")
+        who = c.identity
+        table.add_row(c.name, who.model, who.strategy, who.objective, "yes" if who.rag else "no")
     console.print(table)
     if dry_run:
         est = estimate(study, cells)
@@ -241,8 +247,9 @@ def _print_timings(timings: dict[str, float]) -> None:
 class _StudyView:
     """The live view of a study: one bar over every cell's stages, a line as each one ends.
 
-    The runner turns the stages' own progress bars off: a second live display inside this one
-    would fight it for the terminal.
+    Two live displays would fight for the terminal, so the runner turns the stages' own progress
+    bars off, and this view pauses while a zoo ladder is built (its bars are the only sign of a
+    build that can take minutes).
     """
 
     def __init__(self, total: int):
@@ -262,6 +269,12 @@ class _StudyView:
 
     def update(self, cell: str, stage: str, state: str) -> None:
         style = {"done": "green", "skipped": "dim", "failed": "red", "running": "cyan"}[state]
+        if stage == "zoo":  # the ladder draws a bar per rung: pause this view while it builds
+            if state == "running":
+                self.progress.stop()
+            else:
+                self.progress.start()
+            return
         if state == "running":
             self.progress.update(self.task, description=f"{cell} · {stage}")
             return

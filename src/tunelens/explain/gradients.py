@@ -55,21 +55,13 @@ MAX_ROWS = 256
 @contextlib.contextmanager
 def differentiable_4bit(model):
     """Keep bitsandbytes' 4-bit CPU layers on their generic (differentiable) path for a while."""
-    packed = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
-    for module in packed:
-        module.support_avx512bf16_for_cpu = False
-        state = getattr(module.weight, "quant_state", None)
-        if getattr(state, "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from tunelens.models.quantized import restore_fast_4bit, use_autograd_4bit
 
-            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                module.weight.data, state
-            )
+    switched = use_autograd_4bit(model)
     try:
         yield
     finally:
-        for module in packed:
-            module.support_avx512bf16_for_cpu = True
+        restore_fast_4bit(switched)
 
 
 class TargetLogProbs:

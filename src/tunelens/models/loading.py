@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tunelens.errors import TunelensError
+from tunelens.models.quantized import keep_generic_where_unpackable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -60,7 +61,7 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
     with _load_errors(path_or_id, config):
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     if quantization is not None:
-        _keep_generic_4bit_path_where_unpackable(model)
+        keep_generic_where_unpackable(model)
     return model, _tokenizer(path_or_id, source, local_only, trust_remote_code)
 
 
@@ -105,20 +106,6 @@ def _load_errors(path_or_id: str, config):
         raise
     except OSError as exc:
         raise TunelensError(_cannot_load(path_or_id, "model weights", exc)) from None
-
-
-def _keep_generic_4bit_path_where_unpackable(model) -> None:
-    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 CPU kernel at the first eval-mode
-    forward, and that repacking fails (reshape error) when the input size is not a multiple of the
-    quantisation block (64) or the output size not a multiple of 32 — small models. Such layers
-    keep the generic 4-bit path, which handles any shape."""
-    for module in model.modules():
-        if not getattr(module, "support_avx512bf16_for_cpu", False):
-            continue
-        state = getattr(module.weight, "quant_state", None)
-        block = getattr(state, "blocksize", 64) or 64
-        if module.in_features % block or module.out_features % 32:
-            module.support_avx512bf16_for_cpu = False
 
 
 def bnb_config(quant):
@@ -170,7 +157,7 @@ def load_for_inference(model: str, quantization=None):
     with _load_errors(base, config):
         tuned = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if quantization is not None:
-        _keep_generic_4bit_path_where_unpackable(tuned)
+        keep_generic_where_unpackable(tuned)
     return tuned, load_tokenizer(model)
 
 

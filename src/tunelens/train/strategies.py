@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from tunelens.config import LoraConfig, QuantConfig, TrainConfig
 from tunelens.errors import TunelensError
+from tunelens.models.quantized import use_autograd_4bit
 from tunelens.train.catalog import ADAPTER_STRATEGIES, STRATEGIES
 
 
@@ -91,7 +92,7 @@ def _qlora(model, spec: StrategySpec):
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
-    _no_cpu_inference_packing(model)
+    use_autograd_4bit(model)  # a model being trained keeps the autograd-capable 4-bit path
     return _add_lora(model, spec.lora, use_dora=False)
 
 
@@ -122,25 +123,6 @@ def _add_lora(model, lora: LoraConfig, use_dora: bool):
                 f"modules are: {', '.join(linear_module_names(model))}"
             ) from None
         raise
-
-
-def _no_cpu_inference_packing(model) -> None:
-    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for an inference-only kernel
-    (no autograd) at the first eval-mode forward, e.g. the validation pass before training; every
-    later training forward would then backprop through that kernel and get wrong input gradients.
-    A model being trained keeps the autograd-capable path; weights already repacked (by a forward
-    before this, e.g. the loss curriculum) are unpacked again."""
-    for module in model.modules():
-        if not hasattr(module, "support_avx512bf16_for_cpu"):
-            continue
-        module.support_avx512bf16_for_cpu = False
-        state = getattr(module.weight, "quant_state", None)
-        if getattr(state, "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                module.weight.data, state
-            )
 
 
 def linear_module_names(model) -> list[str]:
