@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tunelens.cli import main
-from tunelens.cli.options import check_choice, existing, set_threads, writable_out
+from tunelens.cli.options import check_choice, existing, set_threads
 from tunelens.errors import TunelensError
+from tunelens.io import check_writable
 from tunelens.train.catalog import STRATEGIES
 
 
@@ -50,18 +51,18 @@ def _one_line_error(capsys, code: int, pattern: str) -> str:
     return err
 
 
-def test_writable_out_accepts_new_paths_and_refuses_unwritable_ones(tmp_path, a_file, readonly_dir):
-    assert writable_out(tmp_path / "new" / "deeper" / "m.json") == tmp_path / "new" / "deeper" / "m.json"
-    assert writable_out(tmp_path / "existing-dir", "dir")
+def test_check_writable_accepts_new_paths_and_refuses_unwritable_ones(tmp_path, a_file, readonly_dir):
+    assert check_writable(tmp_path / "new" / "deeper" / "m.json") == tmp_path / "new" / "deeper" / "m.json"
+    assert check_writable(tmp_path / "existing-dir", "dir")
     assert not (tmp_path / "new").exists()  # checking creates nothing
     with pytest.raises(TunelensError, match="is a folder, expected a file"):
-        writable_out(tmp_path, "file")
+        check_writable(tmp_path, "file")
     with pytest.raises(TunelensError, match="is a file, expected a folder"):
-        writable_out(a_file, "dir")
+        check_writable(a_file, "dir")
     with pytest.raises(TunelensError, match=f"{a_file} is a file"):
-        writable_out(a_file / "sub" / "m.json")
+        check_writable(a_file / "sub" / "m.json")
     with pytest.raises(TunelensError, match="is not writable"):
-        writable_out(readonly_dir / "sub" / "m.json")
+        check_writable(readonly_dir / "sub" / "m.json")
     assert not list(tmp_path.glob(".tunelens-probe-*"))  # the probe leaves nothing behind
 
 

@@ -15,7 +15,7 @@ import pytest
 from tunelens.cli import main
 from tunelens.config import parse_study
 from tunelens.errors import TunelensError
-from tunelens.guard import Interrupts, check_study_folder, lock_pid_file, study_lock
+from tunelens.guard import Interrupts, check_study_folder, study_lock
 from tunelens.layout import StudyLayout
 from tunelens.study import CellStatus, StudyRunner
 
@@ -53,7 +53,14 @@ def test_an_unwritable_place_is_refused_before_any_work(tmp_path, study_file, ca
     out = "/proc/tunelens-study/nested"
     assert main(["run", str(study_file), "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "cannot write the study there, /proc is read-only" in err
+    assert "cannot write there, /proc is not writable" in err
+
+
+def test_an_existing_study_folder_that_takes_no_files_is_refused():
+    """The study writes *into* its folder: an existing folder that refuses files (here /proc, which
+    refuses even root) fails the check although its parent is writable."""
+    with pytest.raises(TunelensError, match=r"status.json: cannot write there, /proc is not writable"):
+        check_study_folder(StudyLayout("/proc"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
@@ -62,7 +69,7 @@ def test_a_read_only_folder_is_refused(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        with pytest.raises(TunelensError, match="read-only"):
+        with pytest.raises(TunelensError, match="not writable"):
             check_study_folder(StudyLayout(ro / "study"))
     finally:
         ro.chmod(0o755)
@@ -95,8 +102,8 @@ def test_a_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path, stu
         holder.kill()
         holder.wait()
     with study_lock(StudyLayout(out)):  # the kernel released the killed holder's lock
-        assert lock_pid_file(StudyLayout(out)).read_text() == str(os.getpid())
-    assert not lock_pid_file(StudyLayout(out)).exists()
+        assert StudyLayout(out).lock_pid.read_text() == str(os.getpid())
+    assert not StudyLayout(out).lock_pid.exists()
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------

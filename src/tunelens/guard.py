@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from tunelens.errors import TunelensError
-from tunelens.io import write_text
+from tunelens.io import check_writable, write_text
 from tunelens.layout import StudyLayout
 
 
@@ -27,24 +25,13 @@ def check_study_folder(layout: StudyLayout) -> None:
     made), its sub-folders are folders, and the nearest existing folder really accepts a file
     (``os.access`` says yes to root on a read-only mount, hence the probe)."""
     root = layout.root
-    if root.exists() and not root.is_dir():
-        raise TunelensError(f"{root}: is a file, expected a folder for the study")
     for sub in (layout.data, layout.rag, layout.runs, layout.models, layout.predictions_dir,
                 layout.metrics_dir, layout.attributions_dir, layout.stats, layout.figures,
                 layout.logs, layout.stamps, layout.mlflow_artifacts):
         if sub.exists() and not sub.is_dir():
             raise TunelensError(f"{sub}: is a file where the study expects a folder")
-    probe = root.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise TunelensError(f"{root}: cannot create the study folder, {probe} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=probe, prefix=".tunelens-probe-"):
-            pass
-    except OSError as exc:
-        raise TunelensError(f"{root}: cannot write the study there, {probe} is read-only "
-                            f"({exc.strerror or exc})") from None
+    check_writable(root, "dir")
+    check_writable(layout.status, "file")  # files are written *into* the study folder too
 
 
 class Interrupts:
@@ -84,11 +71,6 @@ class Interrupts:
             raise KeyboardInterrupt("interrupted")
 
 
-def lock_pid_file(layout: StudyLayout) -> Path:
-    """Where the lock holder writes its PID (the lock file itself is opened by every contender)."""
-    return layout.lock.with_name(layout.lock.name + ".pid")
-
-
 @contextlib.contextmanager
 def study_lock(layout: StudyLayout) -> Iterator[None]:
     """Hold the study folder exclusively, or refuse at once naming the process that holds it.
@@ -99,7 +81,7 @@ def study_lock(layout: StudyLayout) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(layout.lock), timeout=0)
-    pid_file = lock_pid_file(layout)
+    pid_file = layout.lock_pid
     try:
         lock.acquire()
     except Timeout:

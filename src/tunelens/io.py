@@ -7,7 +7,7 @@ strict: the first malformed line stops the run with ``file:line`` in the message
 **NaN policy** (every JSON and JSONL file tunelens writes or reads): a JSON file never holds
 ``NaN`` or ``±Infinity``. They are not JSON (RFC 8259), other tools reject them, and a number that
 is undefined (a metric with no example to average) is a *missing* number. So the writers turn a
-non-finite float into ``null`` (:func:`_json_safe`, the one place they apply it) and the readers
+non-finite float into ``null`` (:func:`json_safe`, the one place they apply it) and the readers
 reject a bare ``NaN``/``Infinity`` token, or a number too large for a float, naming ``file:line``
 (:func:`loads`, the one place they apply it). Python's ``json`` does neither by default.
 
@@ -77,7 +77,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def dumps(obj: Any, indent: int | None = None) -> str:
     """JSON text of ``obj`` under the NaN policy (non-finite floats become ``null``)."""
-    return json.dumps(_json_safe(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_safe(obj), indent=indent, ensure_ascii=False, allow_nan=False)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -240,7 +240,7 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """A copy of ``obj`` that ``json`` can write under the NaN policy.
 
     Non-finite floats become None; numpy scalars and arrays become Python numbers and lists;
@@ -251,11 +251,11 @@ def _json_safe(obj: Any) -> Any:
     if obj is None or isinstance(obj, str | bool | int):
         return obj
     if isinstance(obj, dict):
-        return {_key(k): _json_safe(v) for k, v in obj.items()}
+        return {_key(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "tolist"):  # numpy scalar or array (float32 is no float subclass)
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -269,3 +269,34 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
+    """``path`` if an output of ``kind`` ("file" or "dir") can be written there; else one line
+    saying why. Every verb calls it before any work, so a bad ``--out`` costs a second, not a run.
+
+    The folders above ``path`` that do not exist yet will be created by the atomic writers, so
+    the test is made on the nearest one that exists: it must be a folder, writable, and really
+    accept a file (``os.access`` says yes to root on a read-only mount, hence the probe).
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise TunelensError(f"{path}: is a folder, expected a file path")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise TunelensError(f"{path}: is a file, expected a folder")
+    parent = path.absolute().parent  # atomic writers make a temporary beside the output
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TunelensError(f"{path}: cannot write there, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK) or not _accepts_a_file(parent):
+        raise TunelensError(f"{path}: cannot write there, {parent} is not writable")
+    return path
+
+
+def _accepts_a_file(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".tunelens-probe-"):
+            return True
+    except OSError:
+        return False

@@ -10,6 +10,7 @@ readers load it from there and never parse it back out of a file name.
 
     <out>/
       study.yaml                     resolved config          .lock      held while a run is going
+                                                              .lock.pid  its holder's PID
       status.json                    cells and their state    .stamps/   one fingerprint per output
       runs/<run>.json                identity of each run     logs/      a traceback per failed cell
       data/{train,val,test}.jsonl    rag/  (index)            mlflow.db + mlartifacts/  (tracking)
@@ -88,6 +89,11 @@ class StudyLayout:
         return self.root / ".lock"
 
     @property
+    def lock_pid(self) -> Path:
+        """Beside the lock: the PID of the run holding it, so a second run can name it."""
+        return self.root / ".lock.pid"
+
+    @property
     def stamps(self) -> Path:
         return self.root / ".stamps"
 
@@ -98,6 +104,10 @@ class StudyLayout:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        """``data/<name>.jsonl`` for ``train``, ``val`` or ``test``."""
+        return self.data / f"{name}.jsonl"
 
     @property
     def rag(self) -> Path:
@@ -146,6 +156,10 @@ class StudyLayout:
     # -- per run ------------------------------------------------------------------------------
     def model_dir(self, run: RunIdentity) -> Path:
         return self.models / run.train_name
+
+    def run_json(self, run: RunIdentity) -> Path:
+        """The trained model's record (written last: a model folder without it is unfinished)."""
+        return self.model_dir(run) / "run.json"
 
     def predictions(self, run: RunIdentity) -> Path:
         return self.predictions_dir / f"{run.name}.jsonl"

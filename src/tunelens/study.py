@@ -22,7 +22,6 @@ own SIGINT handler (:mod:`tunelens.guard`) and a parent MLflow run
 from __future__ import annotations
 
 import inspect
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from tunelens.fingerprint import fingerprint
 from tunelens.guard import Interrupts, check_study_folder, study_lock
 from tunelens.io import read_json, read_jsonl, write_json, write_text
 from tunelens.layout import RunIdentity, StudyLayout
+from tunelens.models.loading import looks_like_path
 
 STAGES = ("train", "generate", "evaluate", "explain")
 ZOO_PREFIX = "zoo:"
@@ -43,7 +43,6 @@ BUNDLED_SOURCE = Path(__file__).parent / "data" / "compliance"
 # What explain reads of a predictions row when its target is the reference (not the prediction).
 REFERENCE_FIELDS = ("id", "prompt", "rendered_prompt", "reference", "completion")
 # A hub id is ``name`` or ``owner/name``; any other model path names a local folder or file.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def check_model_paths(study: Study, origin: str = "study") -> None:
             if name not in rungs:
                 raise TunelensError(f"{where}: no model '{name}' in zoo preset '{preset}' "
                                     f"({', '.join(rungs)})")
-        elif not Path(spec.path).expanduser().exists() and not HUB_ID.match(spec.path):
+        elif not Path(spec.path).expanduser().exists() and looks_like_path(spec.path):
             raise TunelensError(f"{where}: {spec.path}: no such model folder")
 
 
@@ -260,7 +259,7 @@ class StudyRunner:
         data_dir, cfg = self.layout.data, self.study.data
         source = BUNDLED_SOURCE if cfg.source == "bundled" else Path(cfg.source)
         stamp = fingerprint("data", cfg.model_dump(mode="json"), files=[source])
-        if self.stamps.done("data", data_dir / "test.jsonl", stamp):
+        if self.stamps.done("data", self.layout.split("test"), stamp):
             self.event("data", "data", "skipped")
             return data_dir
         self.event("data", "data", "running")
@@ -276,9 +275,9 @@ class StudyRunner:
         self.event("data", "data", "done")
         return data_dir
 
-    def rag_index(self, data_dir: Path) -> Path:
+    def rag_index(self) -> Path:
         index_dir, cfg = self.layout.rag, self.study.rag
-        corpus = Path(cfg.corpus) if cfg.corpus else data_dir / "train.jsonl"
+        corpus = Path(cfg.corpus) if cfg.corpus else self.layout.split("train")
         files = [corpus]
         if cfg.embedding_model and Path(cfg.embedding_model).is_dir():
             files.append(Path(cfg.embedding_model))
@@ -326,10 +325,10 @@ class StudyRunner:
         model_dir, pred = layout.model_dir(run), layout.predictions(run)
         metrics, attr = layout.metrics(run), layout.attributions(run)
         rag = rag_dir if cell.identity.rag else None
-        test = data_dir / "test.jsonl"
+        test = layout.split("test")
         stage = self._stage
-        stage(cell, status, "train", model_dir / "run.json",
-              lambda: self._train_stamp(cell, base, data_dir),
+        stage(cell, status, "train", layout.run_json(run),
+              lambda: self._train_stamp(cell, base),
               lambda: self._train(cell, base, data_dir, model_dir, tracking))
         stage(cell, status, "generate", pred,
               lambda: fingerprint("generate", s.generation.model_dump(mode="json"),
@@ -345,9 +344,9 @@ class StudyRunner:
               lambda: explain_run(str(model_dir), pred, attr, config=s.explanation,
                                   progress=False))
 
-    def _train_stamp(self, cell: Cell, base: str, data_dir: Path) -> str:
+    def _train_stamp(self, cell: Cell, base: str) -> str:
         local = Path(base).exists()  # a local model is known by its content, a hub id by its name
-        files = ([Path(base)] if local else []) + [data_dir / "train.jsonl", data_dir / "val.jsonl"]
+        files = ([Path(base)] if local else []) + [self.layout.split("train"), self.layout.split("val")]
         run = cell.identity
         return fingerprint("train", None if local else base, run.strategy, run.objective,
                            self.study.train.model_dump(mode="json"), files=files)
@@ -388,7 +387,7 @@ class StudyRunner:
             for cell in cells:
                 self.layout.write_identity(cell.identity)
             data_dir = self.prepare_data()
-            rag_dir = self.rag_index(data_dir) if any(c.identity.rag for c in cells) else None
+            rag_dir = self.rag_index() if any(c.identity.rag for c in cells) else None
             statuses = [CellStatus(c.identity) for c in cells]
             with track_study(self.study, self.layout) as tracking:
                 for cell, st in zip(cells, statuses, strict=True):

@@ -12,6 +12,7 @@ from tunelens.cli.app import app, console, data_app, err_console
 from tunelens.config import DataConfig, override
 from tunelens.errors import TunelensError
 from tunelens.format import number
+from tunelens.io import check_writable
 
 
 def _data_settings(config: Path | None, **flags) -> DataConfig:
@@ -91,7 +92,7 @@ def data_prepare_cmd(
     """Clean, de-duplicate and split your own clause/rule table into a dataset folder."""
     from tunelens.data.prepare import prepare
 
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     settings = _data_settings(
         config, id_column=id_column, prompt_column=prompt_column,
         completion_column=completion_column, topic_column=topic_column, stratify_by=stratify_by,
@@ -121,7 +122,7 @@ def data_build_cmd(
     """
     from tunelens.data.build import build_bundled
 
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     settings = _data_settings(config, seed=seed)
     with _steps(6) as on_step:
         card = build_bundled(out, settings, on_step=on_step)
@@ -168,7 +169,7 @@ def categories_cmd(
     from tunelens.data.compliance.categories import tag_file
 
     if out is not None:
-        opt.writable_out(out, "file")
+        check_writable(out, "file")
     summary = tag_file(opt.existing(input), out)
     if out is None:
         for row in summary["rows"]:

@@ -12,6 +12,7 @@ from tunelens.cli.app import app, console, err_console
 from tunelens.config import ExplanationConfig, override
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.format import choices, number
+from tunelens.io import check_writable
 
 _x = partial(opt.field_option, ExplanationConfig)
 
@@ -48,7 +49,7 @@ def explain_cmd(
     opt.check_choice(granularity, GRANULARITIES, "--granularity")
     opt.check_choice(baseline, BASELINES, "--baseline")
     opt.existing(data)
-    opt.writable_out(out, "file")
+    check_writable(out, "file")
     cfg = override(opt.section(config, "explanation"), origin="explain", method=method,
                    granularity=granularity, baseline=baseline, target=target, n_samples=n_samples,
                    max_examples=max_examples, batch_size=batch_size,

@@ -11,6 +11,7 @@ from tunelens.cli.app import app, console, err_console, zoo_app
 from tunelens.config import TrackingConfig, TrainConfig, default_of, override
 from tunelens.errors import TunelensError
 from tunelens.format import choices, number
+from tunelens.io import check_writable
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
 
 
@@ -26,7 +27,7 @@ def zoo_build_cmd(
 ) -> None:
     """Train a BPE tokenizer and a ladder of small Llama models from scratch on the bundled
     corpus; each is saved as a checkpoint that AutoModelForCausalLM loads unchanged."""
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     opt.set_threads(threads)
     from tunelens.models.zoo import build_zoo
 
@@ -58,7 +59,7 @@ def train_cmd(
     """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes."""
     opt.check_choice(strategy, STRATEGIES, "--strategy")
     opt.check_choice(objective, OBJECTIVES, "--objective")
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     train_cfg = override(opt.section(config, "train"), origin="train", max_steps=max_steps)
     tracking_cfg = override(opt.section(config, "tracking"), origin="train", uri=tracking_uri)
     opt.existing(data, "folder")
@@ -104,7 +105,7 @@ def export_cmd(
     if not merge:
         raise TunelensError("export: only merged export exists; pass --merge")
     opt.existing(model, "folder")
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     opt.set_threads(threads)
     from tunelens.train import export_merged
 

@@ -1,7 +1,7 @@
 """What every verb shares: the common flags, the checks made before any work, the summary table.
 
 A verb that trains or generates for minutes must not find out at the end that ``--out`` cannot be
-written, so each writing verb calls :func:`writable_out` first. Flags that several verbs take
+written, so each writing verb calls :func:`tunelens.io.check_writable` first. Flags that several verbs take
 (``--config``, ``--threads``, ``--out``, ...) are declared once here, so their wording and checks
 cannot drift apart; defaults shown in help come from :mod:`tunelens.config`, never restated.
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
@@ -30,36 +29,6 @@ def existing(path: Path, what: str = "file") -> Path:
     if not Path(path).exists():
         raise TunelensError(f"{path}: no such {what}")
     return path
-
-
-def writable_out(path: Path, kind: Literal["file", "dir"] = "file") -> Path:
-    """``path`` if an output of ``kind`` can be written there; else one line saying why.
-
-    The folders above ``path`` that do not exist yet will be created by the atomic writers, so
-    the test is made on the nearest one that exists: it must be a folder, writable, and really
-    accept a file (``os.access`` says yes to root on a read-only mount, hence the probe).
-    """
-    path = Path(path)
-    if kind == "file" and path.is_dir():
-        raise TunelensError(f"{path}: is a folder, expected a file path")
-    if kind == "dir" and path.exists() and not path.is_dir():
-        raise TunelensError(f"{path}: is a file, expected a folder")
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TunelensError(f"{path}: cannot write there, {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK) or not _accepts_a_file(parent):
-        raise TunelensError(f"{path}: cannot write there, {parent} is not writable")
-    return path
-
-
-def _accepts_a_file(folder: Path) -> bool:
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".tunelens-probe-"):
-            return True
-    except OSError:
-        return False
 
 
 def set_threads(n: int | None) -> None:

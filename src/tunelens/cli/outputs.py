@@ -12,6 +12,7 @@ from tunelens.cli.app import app, console, err_console, rag_app
 from tunelens.config import EvaluationConfig, GenerationConfig, RagConfig, default_of, override
 from tunelens.errors import TunelensError
 from tunelens.format import number
+from tunelens.io import check_writable
 
 
 @rag_app.command("index")
@@ -32,7 +33,7 @@ def rag_index_cmd(
     if rag.corpus is None:
         raise TunelensError("no corpus: pass --corpus (e.g. STUDY/data/train.jsonl)")
     corpus = opt.existing(Path(rag.corpus))
-    opt.writable_out(out, "dir")
+    check_writable(out, "dir")
     opt.set_threads(threads)
     from tunelens.infer.rag import build_index
 
@@ -85,7 +86,7 @@ def generate_cmd(
     opt.existing(data)
     if rag is not None:
         opt.existing(rag, "index folder")
-    opt.writable_out(out, "file")
+    check_writable(out, "file")
     gen = override(opt.section(config, "generation"), origin="generate",
                    max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
                    top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
@@ -129,7 +130,7 @@ def evaluate_cmd(
     rule-level parse/field/execution accuracy, diversity of samples and (optionally) an LLM judge,
     each with a bootstrap 95% interval."""
     opt.existing(predictions)
-    opt.writable_out(out, "file")
+    check_writable(out, "file")
     cfg = override(opt.section(config, "evaluation"), origin="evaluate",
                    bootstrap_samples=bootstrap_samples, seed=seed)
     from tunelens.evaluate import evaluate, judge_config

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from tunelens.cli.app import EXIT_CELLS_FAILED, app, console, err_console
-from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option, writable_out
+from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option
 from tunelens.format import DASH, interval_of, number, p_value
+from tunelens.io import check_writable
 from tunelens.study import STAGES
 
 EXIT_CODES_HELP = ("Exit codes: 0 every cell ran; 1 some cells failed (listed on stderr, "
@@ -43,7 +44,7 @@ def compare_cmd(
     from tunelens.layout import StudyLayout
 
     existing(study, "study folder")
-    writable_out(out or StudyLayout(study).stats, "dir")
+    check_writable(out or StudyLayout(study).stats, "dir")
     cfg = _study_config(study, config).comparison
     result = _compare_with_bar(study, cfg, out)
     _print_concentration(result, cfg)
@@ -154,7 +155,7 @@ def report_cmd(
     from tunelens.report import write_report
 
     existing(study, "study folder")
-    writable_out(out or StudyLayout(study).report, "file")
+    check_writable(out or StudyLayout(study).report, "file")
     settings = _study_config(study, config)
     with console.status("writing the report"):
         path = write_report(study, settings.report, out=out, comparison=settings.comparison)

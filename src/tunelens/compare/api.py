@@ -13,7 +13,6 @@ failures as ``unrecorded`` (:func:`tunelens.compare.runs.unrecorded_outputs`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tunelens.config import ComparisonConfig
 from tunelens.errors import TunelensError
 from tunelens.evaluate import specs
 from tunelens.fingerprint import fingerprint
-from tunelens.io import read_json, write_json
+from tunelens.io import json_safe, read_json, write_json
 from tunelens.layout import StudyLayout
 
 STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
@@ -97,7 +96,7 @@ def compare_study(study_dir: Path, config: ComparisonConfig | None = None, out: 
                        "curves": _scale_curves(primaries, conc, cfg)}
     tick("scale")
     result["runs"] = _run_index(study_dir, runs, primaries, attributions, unrecorded)
-    result = _clean(result)
+    result = json_safe(result)  # what the caller gets is what the files say (NaN policy: null)
     for stem in STAT_FILES:
         write_json(out / f"{stem}.json", result[stem])
     write_json(out / INPUTS_FILE, inputs)  # last: it vouches for the files above
@@ -328,16 +327,3 @@ _KIND_ORDER = {"concentration": 0, "quality": 1, "category": 2}
 
 def _ordered(d: dict) -> dict:
     return dict(sorted(d.items(), key=lambda kv: strategy_key(kv[0])))
-
-
-def _clean(obj):
-    """JSON-safe copy: NaN/inf become None, numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

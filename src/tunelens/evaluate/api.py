@@ -22,7 +22,7 @@ from tunelens.evaluate.bootstrap import Resampler
 from tunelens.evaluate.diversity import diversity_metrics
 from tunelens.evaluate.metrics import corpus_stats, text_metrics
 from tunelens.evaluate.rules import field_breakdown, score_rule
-from tunelens.io import write_json
+from tunelens.io import json_safe, write_json
 from tunelens.progress import item_bar
 
 
@@ -99,12 +99,12 @@ def score(rows: list[dict], config: EvaluationConfig,
         "seed": config.seed,
     }
     order = specs.ordered(aggregate)
-    return {
-        "aggregate": {k: _plain(aggregate[k]) for k in order},
+    return json_safe({  # plain numbers, non-finite as None: what metrics.json will say
+        "aggregate": {k: aggregate[k] for k in order},
         "intervals": {k: None if intervals.get(k) is None else list(intervals[k]) for k in order},
         "per_example": _per_example_rows(rows, values, rule_scores, judgements),
         "info": info,
-    }
+    })
 
 
 def _per_example_values(preds, refs, config: EvaluationConfig, stats, rule_scores,
@@ -144,7 +144,7 @@ def _per_example_rows(rows: list[dict], values: dict[str, list], rule_scores,
     per_example = [{"id": r["id"]} for r in rows]
     for name, column in values.items():
         for row, value in zip(per_example, column, strict=True):
-            row[name] = _plain(value)
+            row[name] = value
     for row, rule in zip(per_example, rule_scores, strict=True):
         row["rule_fields"] = None if rule is None else rule.fields
     if judgements is not None:
@@ -152,11 +152,3 @@ def _per_example_rows(rows: list[dict], values: dict[str, list], rule_scores,
             row["judge_rationale"] = j.verdict.rationale if j.verdict else None
             row["judge_attempts"] = j.attempts
     return per_example
-
-
-def _plain(value):
-    if value is None:
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

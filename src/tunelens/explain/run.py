@@ -21,7 +21,6 @@ written atomically at the end, and the sidecar is removed.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ from tunelens.errors import TunelensError
 from tunelens.explain.api import attribute
 from tunelens.explain.heatmap import write_heatmap
 from tunelens.fingerprint import fingerprint
-from tunelens.io import atomic_path
+from tunelens.io import JSONProblem, atomic_path, dumps, loads
 from tunelens.models.context import ContextWarning, context_length, min_tokens, warn_truncated
 from tunelens.models.loading import model_sources
 from tunelens.progress import item_bar
@@ -71,7 +70,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
                             completed=len(examples) - len(todo))
         for ex in todo:
             record = _explain_one(llm, tokenizer, ex, config)
-            log.write(json.dumps(record, ensure_ascii=False) + "\n")
+            log.write(dumps(record) + "\n")
             log.flush()
             done[ex["example_id"]] = record
             bar.advance(task)
@@ -221,18 +220,18 @@ def _resume(sidecar: Path, stamp: str) -> dict[str, dict]:
     """Finished examples from an interrupted run with the same fingerprint (else none)."""
     if not sidecar.exists():
         return {}
-    lines = sidecar.read_text(encoding="utf-8").splitlines()
+    lines = sidecar.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may be in a token
     try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
+        header = loads(lines[0]) if lines[0] else {}
+    except JSONProblem:
         header = {}
     if header.get("fingerprint") != stamp:
         return {}
     done = {}
-    for line in lines[1:]:
+    for line in filter(None, lines[1:]):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the interruption
+            record = loads(line)
+        except JSONProblem:  # a line cut short by the interruption
             break
         done[record["example_id"]] = record
     return done
@@ -247,7 +246,7 @@ class _append:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.fresh:
-            self.path.write_text(json.dumps({"fingerprint": self.stamp}) + "\n", encoding="utf-8")
+            self.path.write_text(dumps({"fingerprint": self.stamp}) + "\n", encoding="utf-8")
         else:
             self._drop_torn_tail()
         self.fh = self.path.open("a", encoding="utf-8")

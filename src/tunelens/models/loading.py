@@ -195,7 +195,7 @@ def _adapter_base(folder: Path, info: dict) -> str:
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not isinstance(base, str) or not base:
         raise TunelensError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
-    if _looks_like_path(base) and not Path(base).expanduser().exists():
+    if looks_like_path(base) and not Path(base).expanduser().exists():
         recorded = info.get("base_model")
         hint = f" (run.json records {recorded})" if recorded and recorded != base else ""
         raise TunelensError(f"{folder / 'adapter_config.json'}: the base model {base} is not "
@@ -219,7 +219,7 @@ def _source(path_or_id: str) -> tuple[str, bool]:
         if not path.is_dir():
             raise TunelensError(f"{path_or_id}: is a file; expected a model folder or a hub id")
         return str(path.resolve()), False
-    if _looks_like_path(path_or_id):
+    if looks_like_path(path_or_id):
         raise TunelensError(f"{path_or_id}: no such model folder")
     if _offline():
         if not _cached(path_or_id):
@@ -238,7 +238,7 @@ def _source(path_or_id: str) -> tuple[str, bool]:
     return path_or_id, False
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else the user typed is meant as a path."""
     return (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
             or text.endswith("/") or text == "")
