@@ -55,15 +55,11 @@ def compare_cmd(
 
 
 def _compare_with_bar(study: Path, cfg, out: Path | None) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from tunelens.compare import STEPS, compare_study
+    from tunelens.progress import step_bar
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("compare", total=len(STEPS))
-        return compare_study(study, cfg, out=out,
-                             progress=lambda step: bar.update(task, advance=1, description=step))
+    with step_bar(len(STEPS), when="end", console=console) as on_step:
+        return compare_study(study, cfg, out=out, progress=on_step)
 
 
 def _table(title: str, columns: tuple[str, ...], right_from: int | None = None):
@@ -254,10 +250,9 @@ class _StudyView:
     """
 
     def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from tunelens.progress import item_bar
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.progress = item_bar(console=console)
         self.task = self.progress.add_task("study", total=total)
 
     def __enter__(self):
