@@ -10,16 +10,8 @@ from tunelens.config import ModelSpec, parse_study
 from tunelens.errors import TunelensError
 from tunelens.fingerprint import fingerprint
 from tunelens.layout import RunIdentity, StudyLayout
-from tunelens.study import (
-    Cell,
-    Stamps,
-    StudyRunner,
-    check_model_paths,
-    estimate,
-    expand_matrix,
-    reference_view,
-    resolve_model_path,
-)
+from tunelens.matrix import Cell, check_model_paths, estimate, expand_matrix, resolve_model_path
+from tunelens.study import Stamps, StudyRunner, reference_view
 
 
 def _study(**kw):

@@ -9,7 +9,8 @@ import pytest
 
 from tunelens.cli import main
 from tunelens.config import load_study
-from tunelens.study import StudyRunner, bundled_example, expand_matrix
+from tunelens.matrix import expand_matrix
+from tunelens.study import StudyRunner, bundled_example
 
 pytestmark = pytest.mark.slow
 

@@ -202,7 +202,8 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
 
     Exits 1 when some cells failed; a KeyboardInterrupt goes up to become exit code 130.
     """
-    from tunelens.study import StudyRunner, default_zoo_root, estimate, expand_matrix
+    from tunelens.matrix import default_zoo_root, estimate, expand_matrix
+    from tunelens.study import StudyRunner
 
     cells = expand_matrix(study, origin)
     table = _table(f"study '{study.name}': {len(cells)} cells",

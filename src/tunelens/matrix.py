@@ -1,0 +1,132 @@
+"""The study's matrix: its cells, the checks made on it before any work, and an estimate of it.
+
+A study is models × strategies × objectives × retrieval (plus ``extra_cells``); each cell is a
+base model and a :class:`~tunelens.layout.RunIdentity`. Everything here is known from the config
+alone, so ``tunelens run --dry-run`` and the checks before any work use it without running
+anything; :mod:`tunelens.study` runs the cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelens.config import ModelSpec, Study
+from tunelens.errors import TunelensError
+from tunelens.layout import RunIdentity
+from tunelens.models.loading import looks_like_path
+
+ZOO_PREFIX = "zoo:"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix: a base model and who the run is. RAG cells share the trained
+    model of their non-RAG twin."""
+
+    model: ModelSpec
+    identity: RunIdentity
+
+    @classmethod
+    def of(cls, model: ModelSpec, strategy: str, objective: str, rag: bool = False) -> Cell:
+        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag)))
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def train_name(self) -> str:
+        return self.identity.train_name
+
+
+def expand_matrix(study: Study, origin: str = "study") -> list[Cell]:
+    """models × strategies × objectives × rag, then ``extra_cells``; duplicates dropped, order kept.
+
+    Strategy, objective and rag values are validated by the config (from the registries in
+    :mod:`tunelens.train.catalog`); a study with no cell is refused here, before anything runs.
+    """
+    models = {m.name: m for m in study.models}
+    cells = [Cell.of(m, s, o, r) for m in study.models for s in study.strategies
+             for o in study.objectives for r in study.rag.enabled]
+    for i, extra in enumerate(study.extra_cells):
+        if extra.get("model") not in models:
+            raise TunelensError(f"{origin}: extra_cells.{i}.model: unknown model "
+                                f"'{extra.get('model')}' (models: {', '.join(models) or 'none'})")
+        cells.append(Cell.of(models[extra["model"]], extra.get("strategy", study.strategies[0]),
+                             extra.get("objective", study.objectives[0]), extra.get("rag", False)))
+    if not cells:
+        raise TunelensError(f"{origin}: the study has no cells: list at least one model under "
+                            "'models'")
+    seen: set[str] = set()
+    return [c for c in cells if not (c.name in seen or seen.add(c.name))]
+
+
+# -- checks made before any work -------------------------------------------------------------
+
+def zoo_reference(spec: ModelSpec, origin: str = "study") -> tuple[str, str]:
+    """``(preset, name)`` of a ``zoo:<preset>/<name>`` path, or one line naming the model."""
+    preset, _, name = spec.path[len(ZOO_PREFIX):].partition("/")
+    if not preset or not name:
+        raise TunelensError(f"{origin}: models.{spec.name}.path: expected zoo:<preset>/<name>, "
+                            f"got {spec.path}")
+    return preset, name
+
+
+def check_model_paths(study: Study, origin: str = "study") -> None:
+    """Every base model must be findable before the data stage: a zoo reference names a preset
+    and a rung of it, a local path exists (a hub id is looked up when the model is loaded)."""
+    for spec in study.models:
+        where = f"{origin}: models.{spec.name}.path"
+        if spec.path.startswith(ZOO_PREFIX):
+            preset, name = zoo_reference(spec, origin)
+            from tunelens.models.zoo import PRESETS
+
+            if preset not in PRESETS:
+                raise TunelensError(f"{where}: unknown zoo preset '{preset}' in {spec.path} "
+                                    f"(presets: {', '.join(PRESETS)})")
+            rungs = [r.name for r in PRESETS[preset].rungs]
+            if name not in rungs:
+                raise TunelensError(f"{where}: no model '{name}' in zoo preset '{preset}' "
+                                    f"({', '.join(rungs)})")
+        elif not Path(spec.path).expanduser().exists() and looks_like_path(spec.path):
+            raise TunelensError(f"{where}: {spec.path}: no such model folder")
+
+
+# -- zoo models and the estimate -------------------------------------------------------------
+
+def resolve_model_path(spec: ModelSpec, zoo_root: Path) -> str:
+    """``zoo:<preset>/<name>`` names a ladder model, built on first use; anything else is as given."""
+    if not spec.path.startswith(ZOO_PREFIX):
+        return spec.path
+    preset, name = zoo_reference(spec)
+    from tunelens.models.zoo import build_zoo
+
+    entries = build_zoo(preset, zoo_root / preset)
+    for e in entries:
+        if e["name"] == name:
+            return str(e["path"])
+    names = ", ".join(e["name"] for e in entries)
+    raise TunelensError(f"models.{spec.name}.path: no model '{name}' in zoo preset '{preset}' ({names})")
+
+
+def estimate(study: Study, cells: list[Cell]) -> dict:
+    """A rough count of the work: training steps, generated tokens, scored perturbations."""
+    trained = {c.train_name for c in cells}
+    gen = study.generation
+    n_test = gen.max_examples or 100
+    n_explain = min(study.explanation.max_examples or n_test, n_test)
+    per_example = {"occlusion": 40, "shapley": 40 * study.explanation.n_samples,
+                   "lime": study.explanation.n_samples}.get(study.explanation.method, 40)
+    return {
+        "cells": len(cells),
+        "trainings": len(trained),
+        "train_steps": len(trained) * study.train.max_steps,
+        "generated_tokens_max": len(cells) * n_test * gen.max_new_tokens * gen.num_samples,
+        "explained_examples": len(cells) * n_explain,
+        "perturbations_approx": len(cells) * n_explain * per_example,
+    }
+
+
+def default_zoo_root() -> Path:
+    return Path.home() / ".cache" / "tunelens" / "zoo"
