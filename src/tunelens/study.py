@@ -262,6 +262,14 @@ class StudyRunner:
 
     # -- the whole study -------------------------------------------------------------------------
 
+    def check(self) -> list[Cell]:
+        """The cells, once everything that needs no work is checked: the matrix is not empty,
+        every model can be found, the study folder can be written. Writes nothing."""
+        cells = expand_matrix(self.study, self.origin)
+        check_model_paths(self.study, self.origin)
+        check_study_folder(self.layout)
+        return cells
+
     def run(self) -> list[CellStatus]:
         """Run every cell; return their statuses (a failing cell is recorded, the rest go on).
 
@@ -270,9 +278,7 @@ class StudyRunner:
         """
         from tunelens.train.tracking import track_study
 
-        cells = expand_matrix(self.study, self.origin)
-        check_model_paths(self.study, self.origin)
-        check_study_folder(self.layout)
+        cells = self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         with study_lock(self.layout), self.interrupts:
             write_text(self.layout.study_yaml, dump_study(self.study))

@@ -218,6 +218,7 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         return
     set_threads(threads)
     runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), origin=origin)
+    runner.check()  # a bad model path or --out fails here, before the live view starts
     with _StudyView(len(cells) * len(STAGES)) as view:
         runner.on_event = view.update
         statuses = runner.run()
