@@ -14,7 +14,7 @@ from tunelens.compare import compare_study, discover_runs, primary_runs
 from tunelens.compare.agreement import js_divergence, pair_metrics
 from tunelens.compare.category_shares import per_example as shares_per_example
 from tunelens.compare.concentration import gini, normalised_entropy, top_k_share
-from tunelens.compare.scale import detect_plateau, loglinear_fit
+from tunelens.compare.scale import loglinear_fit
 from tunelens.compare.significance import compare_paired, holm, rank_biserial
 from tunelens.config import ComparisonConfig
 from tunelens.errors import TunelensError
@@ -167,12 +167,7 @@ def test_js_divergence_and_agreement_of_identical_vectors():
     assert m["top_k_overlap"] == 1.0
 
 
-def test_plateau_found_on_a_saturating_curve():
-    sizes = [1e6, 1e7, 1e8, 1e9, 1e10]
-    values = [0.2, 0.5, 0.6, 0.605, 0.607]  # gains per decade 0.3, 0.1, 0.005, 0.002
-    assert detect_plateau(sizes, values, 0.01) == 1e8
-    assert detect_plateau(sizes, values, 0.2) == 1e7
-    assert detect_plateau(sizes, [0.1, 0.2, 0.3, 0.4, 0.5], 0.01) is None  # still rising
+def test_loglinear_fit():
     fit = loglinear_fit([1e6, 1e7, 1e8], [0.1, 0.3, 0.5])
     assert fit["slope"] == pytest.approx(0.2) and fit["intercept"] == pytest.approx(-1.1)
 
@@ -242,7 +237,9 @@ def test_compare_study_finds_the_built_in_differences(tmp_path):
 
     floor = result["agreement"]["noise_floor"]
     assert floor is not None and list(floor["cells"]) == ["s__lora__instruct"]
-    assert "s__lora__instruct__seed1" not in result["agreement"]["matrix"]["runs"]
+    replicate = RunIdentity("s", "lora", "instruct", seed=1).name
+    assert replicate in {r.name for r in discover_runs(study)}
+    assert replicate not in result["agreement"]["matrix"]["runs"]
     assert len(result["agreement"]["pairs"]) == 15  # 6 primary runs
 
     failures = result["runs"]["failures"]
@@ -256,10 +253,15 @@ def test_scale_curves_find_the_plateau(tmp_path):
     curves = compare_study(study, cfg)["scale"]["curves"]
     lora = next(c for c in curves if c["strategy"] == "lora" and c["metric"] == "chrf")
     assert [p["params"] for p in lora["points"]] == [1e6, 1e7, 1e8, 1e9]
-    fit = lora["fit"]
-    assert fit["slope"] > 0 and fit["slope_lo"] < fit["slope"] < fit["slope_hi"]
-    # chrf/100 gains per decade: ~0.3, ~0.1, ~0.01 -> flat from 1e8 on
-    assert lora["plateau"]["size"] == 1e8
+    trend = lora["trend"]
+    assert trend["slope"] > 0 and trend["lo"] < trend["slope"] < trend["hi"] and trend["p"] < 0.05
+    assert trend["finding"] is True and lora["test_level"] == "sentence" and lora["level"] == "corpus"
+    # points are the runs' corpus chrF (the aggregate), not the mean of sentence scores
+    runs = {r.name: r for r in discover_runs(study)}
+    assert lora["points"][0]["value"] == runs["s__lora__instruct"].aggregate["chrf"]
+    # chrf/100 gains per decade: ~0.3, ~0.1, ~0.01 -> a rise, then flat from 1e8 on
+    assert lora["verdict"] == "plateau" and lora["plateau"]["size"] == 1e8
+    assert lora["plateau"]["p"] < 0.05 and lora["plateau"]["finding"] is True
     assert all(p["lo"] <= p["value"] <= p["hi"] for p in lora["points"])
     bleu = next(c for c in curves if c["strategy"] == "lora" and c["metric"] == "bleu")
     assert bleu["source"] == "aggregate"

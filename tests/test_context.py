@@ -99,7 +99,10 @@ def test_explain_cuts_template_context_never_the_clause(short_model_dir, tmp_pat
         summary = explain_run(str(short_model_dir), data, out, ExplanationConfig(heatmap=False),
                               progress=False)
     assert summary["truncated_examples"] == 1
-    assert "".join(pd.read_parquet(out).token) == CLAUSE
+    frame = pd.read_parquet(out)
+    assert set(frame.target) == {"reference", "generation"}  # the default explains both
+    for _, rows in frame.groupby("target"):
+        assert "".join(rows.token) == CLAUSE
     assert sum(issubclass(w.category, ContextWarning) for w in caught) == 1
 
 

@@ -54,7 +54,7 @@ def test_template_tokens_are_context_not_features(micro_model_dir, data, tmp_pat
     out = tmp_path / "run.parquet"
     explain_run(str(micro_model_dir), data, out, ExplanationConfig(max_examples=1), progress=False)
     frame = pd.read_parquet(out)
-    assert "".join(frame.token) == ROWS[0]["prompt"]
+    assert "".join(frame.token) == next(r["prompt"] for r in ROWS if r["id"] == frame.example_id[0])
     assert not frame.token.str.contains("###").any()
 
 
@@ -66,7 +66,8 @@ def test_generation_target_needs_predictions(micro_model_dir, data, tmp_path):
     preds.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"],
                                          "reference": r["completion"], "prediction": "RULE 1 x.y >= 2 mm"})
                              + "\n" for r in ROWS))
-    ref = explain_run(str(micro_model_dir), preds, tmp_path / "ref.parquet", progress=False)
+    ref = explain_run(str(micro_model_dir), preds, tmp_path / "ref.parquet",
+                      ExplanationConfig(target="reference"), progress=False)
     gen = explain_run(str(micro_model_dir), preds, tmp_path / "gen.parquet",
                       ExplanationConfig(target="generation"), progress=False)
     assert ref["features"] == gen["features"]
@@ -113,7 +114,8 @@ def test_cli_explain_writes_and_reports_errors(micro_model_dir, data, tmp_path, 
     code = main(["explain", "--model", str(micro_model_dir), "--data", str(data), "--out", str(out),
                  "--method", "occlusion", "--granularity", "token", "--max-examples", "2"])
     assert code == 0 and out.exists() and out.with_suffix(".html").exists()
-    assert set(pd.read_parquet(out).example_id) == {"a", "b"}
+    ids = set(pd.read_parquet(out).example_id)
+    assert len(ids) == 2 and ids < {"a", "b", "c"}
     assert main(["explain", "--model", str(micro_model_dir), "--data", str(tmp_path / "nope.jsonl"),
                  "--out", str(out)]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err
@@ -196,3 +198,69 @@ def test_a_number_is_not_a_clause(micro_model_dir, tmp_path):
     data.write_text('{"id": "a", "prompt": "Stairs.", "completion": 7}\n')
     with pytest.raises(TunelensError, match=r"d\.jsonl:1: field 'completion': .*string"):
         explain_run(str(micro_model_dir), data, tmp_path / "x.parquet", progress=False)
+
+
+def _bundled_like(n_per: dict[tuple[str, str], int]) -> list[dict]:
+    """Rows in the order of the bundled test split: stratum after stratum, hand-written first."""
+    return [{"id": f"{topic}-{source}-{i}", "topic": topic, "source": source,
+             "prompt": f"Clause {i} about {topic}.", "completion": "RULE 1 x.y >= 1 m"}
+            for (topic, source), n in n_per.items() for i in range(n)]
+
+
+STRATA = {("stairs", "handwritten"): 6, ("ramps", "handwritten"): 2, ("stairs", "generated"): 20,
+          ("ramps", "generated"): 12, ("doors", "generated"): 9, ("exits", "generated"): 1}
+
+
+def test_the_sample_is_stratified_seeded_and_the_same_for_every_run(tmp_path):
+    from tunelens.data.sample import stratified_sample, stratum
+
+    rows = _bundled_like(STRATA)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text("".join(json.dumps({**r, "reference": r["completion"], "prediction": "RULE 2"})
+                           + "\n" for r in rows))
+    shuffled = rows[::-1]  # another run: other predictions, rows in another order
+    two.write_text("".join(json.dumps({**r, "reference": r["completion"], "prediction": f"x{i}"})
+                           + "\n" for i, r in enumerate(shuffled)))
+    config = ExplanationConfig(max_examples=12, target="reference")
+    ids_one = [ex["example_id"] for ex in run_module.read_examples(one, config)[0]]
+    ids_two = [ex["example_id"] for ex in run_module.read_examples(two, config)[0]]
+    assert len(ids_one) == 12 and sorted(ids_one) == sorted(ids_two)
+    assert ids_one != [r["id"] for r in rows[:12]]  # not the first rows
+    by_id = {r["id"]: r for r in rows}
+    drawn = [stratum(by_id[i]) for i in ids_one]
+    assert set(drawn) == set(STRATA)  # every topic x source stratum, the one-row one too
+    # one each, the other six by largest deficit from the proportional 4.8, 2.88, 2.16
+    assert [drawn.count(k) for k in STRATA] == [1, 1, 4, 3, 2, 1]
+    items = [{"example_id": r["id"], **r} for r in rows]
+    other_seed = stratified_sample(items, 12, seed=1)
+    assert {i["example_id"] for i in other_seed} != set(ids_one)
+    assert stratified_sample(items, 12, seed=1) == other_seed  # seeded, hence repeatable
+    few = stratified_sample(items, 3, seed=0)  # fewer places than strata: one each of three
+    assert len({stratum(i) for i in few}) == 3
+    assert stratified_sample(items, None, 0) == items == stratified_sample(items, 999, 0)
+
+
+def test_both_targets_go_to_one_parquet_with_a_target_column(micro_model_dir, tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    predictions = {"a": "RULE 1 x.y >= 2 mm", "b": "", "c": "RULE 2 z >= 1 m"}
+    preds.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"], "reference": r["completion"],
+                                         "prediction": predictions[r["id"]]}) + "\n" for r in ROWS))
+    both = explain_run(str(micro_model_dir), preds, tmp_path / "both.parquet", progress=False)
+    assert ExplanationConfig().target == "both"
+    assert (both["examples"], both["attributions"], both["generation_skipped"]) == (3, 5, 1)
+    frame = pd.read_parquet(tmp_path / "both.parquet")
+    assert frame.groupby("target").example_id.unique().map(sorted).to_dict() == \
+        {"generation": ["a", "c"], "reference": ["a", "b", "c"]}
+    for target in ("reference", "generation"):
+        alone = explain_run(str(micro_model_dir), preds, tmp_path / f"{target}.parquet",
+                            ExplanationConfig(target=target), progress=False)
+        part = frame[frame.target == target].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, pd.read_parquet(tmp_path / f"{target}.parquet"))
+        assert alone["generation_skipped"] == (1 if target == "generation" else 0)
+    html = (tmp_path / "both.html").read_text()
+    assert html.count('class="example"') == 5 and "a · generation" in html
+    # a dataset file has no generations: explained on the reference, the rest counted
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ref_only = explain_run(str(micro_model_dir), data, tmp_path / "d.parquet", progress=False)
+    assert (ref_only["attributions"], ref_only["generation_skipped"]) == (3, 3)

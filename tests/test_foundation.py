@@ -43,7 +43,7 @@ def test_load_study_reports_malformed_yaml(tmp_path):
 def test_run_name_contract():
     assert RunIdentity("s", "lora", "instruct").name == "s__lora__instruct"
     assert RunIdentity("s", "qlora", "causal", rag=True).name == "s__qlora__causal__rag"
-    assert RunIdentity("s", "qlora", "causal", rag=True, seed=2).train_name == "s__qlora__causal__seed2"
+    assert RunIdentity("s", "qlora", "causal", rag=True, seed=2).train_name == "s__qlora__causal__s2"
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -11,7 +11,7 @@ from tunelens.config import GenerationConfig
 from tunelens.data.templates import render_prompt
 from tunelens.errors import TunelensError
 from tunelens.infer.batching import encode_prompts, generate_texts, plan_batches
-from tunelens.infer.generate import generate_predictions
+from tunelens.infer.generate import generate_predictions, read_examples
 from tunelens.infer.sampling import StopCriteria, truncate_at_stop
 
 CLAUSES = [
@@ -158,8 +158,12 @@ def test_generate_predictions_writes_rows(micro_model_dir, tmp_path):
     summary = generate_predictions(str(micro_model_dir), data, out,
                                    GenerationConfig(max_new_tokens=5, max_examples=4), progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["r0", "r1", "r2", "r3"]
-    for r, src in zip(rows, _rows(), strict=False):
+    order = [s["id"] for s in _rows()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 4 and ids == sorted(ids, key=order.index)  # a sample, kept in file order
+    sources = {s["id"]: s for s in _rows()}
+    for r in rows:
+        src = sources[r["id"]]
         assert r["reference"] == src["completion"] and r["prompt"] == src["prompt"]
         assert r["topic"] == "t" and r["source"] == "generated"
         assert isinstance(r["prediction"], str) and "samples" not in r and "retrieved" not in r
@@ -237,3 +241,20 @@ def test_lora_run_folder_loads_base_plus_adapter(micro_model_dir, tmp_path):
     tuned_preds = [json.loads(x)["prediction"] for x in (tmp_path / "tuned.jsonl").read_text().splitlines()]
     base_preds = [json.loads(x)["prediction"] for x in (tmp_path / "base.jsonl").read_text().splitlines()]
     assert tuned_preds != base_preds
+
+
+def test_max_examples_is_a_stratified_sample_not_the_first_rows(tmp_path):
+    """The first rows of the bundled test split are all hand-written: a first-N cut would generate
+    for one population and score another. The sample covers every topic x source stratum, does not
+    depend on the row order, and changes with its seed."""
+    rows = [{"id": f"h{i}", "topic": "stairs", "source": "handwritten", "prompt": f"Clause {i}.",
+             "completion": "RULE 1"} for i in range(6)]
+    rows += [{"id": f"g{i}", "topic": "doors", "source": "generated", "prompt": f"Door {i}.",
+              "completion": "RULE 2"} for i in range(6)]
+    forward = _write(tmp_path / "a.jsonl", rows)
+    backward = _write(tmp_path / "b.jsonl", rows[::-1])
+    picked = [r.id for r in read_examples(forward, 4)]
+    assert len(picked) == 4 and {i[0] for i in picked} == {"h", "g"}
+    assert sorted(picked) == sorted(r.id for r in read_examples(backward, 4))
+    assert any(sorted(r.id for r in read_examples(forward, 4, seed)) != sorted(picked)
+               for seed in range(1, 6))

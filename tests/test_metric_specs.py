@@ -34,9 +34,9 @@ def test_every_aggregate_of_a_real_evaluation_has_a_spec():
 
 
 def test_concentration_measures_have_specs():
-    from tunelens.compare.concentration import METRICS
+    from tunelens.compare.concentration import EXTRA_METRICS, METRICS
 
-    for name in METRICS:
+    for name in (*METRICS, *EXTRA_METRICS):
         s = specs.spec(name)
         assert s is not None and s.family == "concentration" and s.greater_is_better is None
 

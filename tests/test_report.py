@@ -46,14 +46,18 @@ def test_findings_lead_with_the_differences_and_summarise_the_rest(study):
     assert len(d.bullets) <= 12
     assert d.headline[0].kind == "failures" and "s__dora__instruct" in d.headline[0].text
 
-    # full is peaked on every model: one sentence, each model's numbers in it
-    conc = next(f.text for f in d.headline if f.kind == "difference" and f.topic == "concentration")
+    # full is peaked on every model: one sentence, each model's numbers in it; one seed per cell,
+    # so it says so and is context, never a headline
+    assert not any(f.kind == "difference" for f in d.headline)
+    conc = next(f.text for f in d.context if f.kind == "difference" and f.topic == "concentration")
+    assert "one seed per strategy" in conc
     assert conc.startswith("Full fine-tuning attributions are more concentrated than LoRA on s (")
     for g in stats["tests"]["groups"]:
         real = next(r for r in g["metrics"]["gini"]["pairwise"] if (r["a"], r["b"]) == ("full", "lora"))
         assert real["significant"]
         p_text = "p < 0.001" if real["p_holm"] < 0.001 else f"p = {real['p_holm']:.3f}"
-        assert (f"{g['model']} (Gini {real['mean_a']:.2f} vs {real['mean_b']:.2f}, {p_text}, "
+        assert (f"{g['model']} (Gini {real['mean_a']:.2f} vs {real['mean_b']:.2f}, Hodges–Lehmann difference "
+                f"{real['estimate']:.2f} [{real['ci_lo']:.2f}, {real['ci_hi']:.2f}], {p_text}, "
                 f"r = {real['rank_biserial']:.2f})") in conc
 
     # lora and qlora are alike by construction: no sentence of their own, one summary per kind
@@ -71,7 +75,9 @@ def test_findings_lead_with_the_differences_and_summarise_the_rest(study):
               key=lambda r: r["aggregate"]["rule_exec_accuracy"])
     assert best.startswith(f"The best run on rule_exec_accuracy is {top['name']} at "
                            f"{top['aggregate']['rule_exec_accuracy']:.2f} (interval ")
-    assert any(f.kind == "trend" and "rises with model size" in f.text for f in d.headline)
+    # one seed per size: the trend is stated with that caveat, and not as a headline
+    trend = next(f for f in d.bullets if f.kind == "trend" and "rises with model size" in f.text)
+    assert not trend.headline and "one seed" in trend.text
     assert any(f.kind == "left_out" for f in d.context)  # this study has more than 12 things to say
 
 
@@ -96,6 +102,9 @@ def test_report_is_one_self_contained_file(study, report):
     assert {p.name for p in (study / "figures").glob("*.png")} == {
         "training_loss.png", "concentration.png", "category_shares.png", "scale.png", "agreement.png"}
     assert "RuntimeError: out of memory" in html  # the failed cell is listed
+    family = json.loads((study / "stats" / "tests.json").read_text())["family"]
+    tests_section = html[html.index('<section id="tests">'):html.index('<section id="concentration">')]
+    assert f"{family['tests']} in this report" in tests_section and "Benjamini–Hochberg" in tests_section
     findings = html[html.index('<section id="findings">'):html.index('<section id="quality">')]
     assert 3 <= findings.count("<li") <= ReportConfig().max_findings
     assert "<h3>Headline results</h3>" in findings and findings.count("sig-true") >= 1

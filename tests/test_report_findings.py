@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 
+from tunelens.compare.multiplicity import report_family
 from tunelens.compare.significance import compare_paired
 from tunelens.report.api import _quality
 from tunelens.report.differences import significant_differences, too_small
@@ -20,13 +21,18 @@ from tunelens.report.wording import fmt_p
 ALPHA = 0.05
 
 
-def _group(model: str, values: dict[str, dict[str, np.ndarray]], objective: str = "instruct") -> dict:
+def _group(model: str, values: dict[str, dict[str, np.ndarray]], objective: str = "instruct",
+           seeded: bool = True) -> dict:
     """A tests.json group: ``values[metric][strategy]`` are aligned per-example arrays."""
     metrics = {}
     for metric, per in values.items():
         kind = "concentration" if metric in ("gini", "entropy", "top_k_share") else \
             "category" if metric.startswith("share_") else "quality"
         metrics[metric] = {**compare_paired(per, ALPHA, permutations=200), "kind": kind}
+        if seeded:  # stands for a seed-level result: the findings treat both shapes alike
+            metrics[metric]["single_seed"] = False
+            for row in metrics[metric]["pairwise"]:
+                row["single_seed"] = False
     strategies = list(next(iter(values.values())))
     return {"model": model, "objective": objective, "rag": False, "metrics": metrics, "skipped": {},
             "runs": {s: f"{model}__{s}__{objective}" for s in strategies}}
@@ -42,7 +48,8 @@ def _run(model: str, strategy: str, aggregate: dict, objective: str = "instruct"
 def _stats(groups: list[dict], runs: list[dict]) -> dict:
     return {"runs": {"runs": runs, "primary": [r["name"] for r in runs], "failures": [],
                      "n_attributed": len(runs), "sizes": {r["model"]: r["params"] for r in runs}},
-            "tests": {"alpha": ALPHA, "groups": groups},
+            "tests": {"alpha": ALPHA, "groups": groups,
+                      "family": report_family({"groups": groups}, 0.05, ALPHA)},
             "category_shares": {"per_strategy": {}},
             "scale": {"curves": [], "confidence": 0.95, "threshold_per_decade": 0.01},
             "agreement": {"pairs": [], "noise_floor": None, "top_k": 5}}
@@ -129,7 +136,8 @@ def test_too_small_samples_are_called_out_with_the_smallest_attainable_p():
     rng = np.random.default_rng(1)
 
     def group(model, n, strategies):
-        return _group(model, {"gini": {s: rng.uniform(0, 1, n) + i for i, s in enumerate(strategies)}})
+        values = {"gini": {s: rng.uniform(0, 1, n) + i for i, s in enumerate(strategies)}}
+        return _group(model, values, seeded=False)  # the Wilcoxon floor is for example-level tests
 
     tests = {"alpha": ALPHA, "groups": [group("a", 4, ("full", "lora", "qlora"))]}
     notes = [f.text for f in too_small(tests)]

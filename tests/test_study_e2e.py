@@ -47,13 +47,13 @@ def test_every_cell_writes_every_output(quick_study):
         assert (quick_study / "attributions" / f"{cell.name}.parquet").stat().st_size > 0
     assert list((quick_study / "stats").glob("*.json"))
     html = (quick_study / "report.html").read_text()
-    assert "q2__lora__instruct__rag" in html and "<img" in html
+    assert "q2__lora__instruct__rag__s0" in html and "<img" in html
 
 
 def test_rag_cell_reuses_its_twins_model_and_changes_the_prompt(quick_study):
-    assert not (quick_study / "models" / "q2__lora__instruct__rag").exists()
+    assert not (quick_study / "models" / "q2__lora__instruct__rag__s0").exists()
     rag = [json.loads(line) for line in
-           (quick_study / "predictions" / "q2__lora__instruct__rag.jsonl").read_text().splitlines()]
+           (quick_study / "predictions" / "q2__lora__instruct__rag__s0.jsonl").read_text().splitlines()]
     assert all(row.get("retrieved") for row in rag)
 
 
@@ -79,12 +79,12 @@ def test_rerun_skips_everything_and_interrupted_work_resumes(quick_study, zoo_ro
                                                                          "evaluate", "explain")]
     assert ran == []
     # as if the study had been stopped during one cell's explain stage
-    (quick_study / "attributions" / "q1__lora__instruct.parquet").unlink()
+    (quick_study / "attributions" / "q1__lora__instruct__s0.parquet").unlink()
     events.clear()
     StudyRunner(study, quick_study, zoo_root=zoo_root, on_event=lambda *e: events.append(e)).run()
     ran = [(c, s) for c, s, state in events if state == "done" and s in ("train", "generate",
                                                                          "evaluate", "explain")]
-    assert ran == [("q1__lora__instruct", "explain")]
+    assert ran == [("q1__lora__instruct__s0", "explain")]
 
 
 def test_a_failing_cell_is_recorded_and_the_rest_go_on(quick_study, zoo_root, tmp_path):
@@ -98,10 +98,10 @@ def test_a_failing_cell_is_recorded_and_the_rest_go_on(quick_study, zoo_root, tm
     shutil.copytree(quick_study / "data", out / "data")
     statuses = StudyRunner(study, out, zoo_root=zoo_root).run()
     by_run = {s.run: s for s in statuses}
-    assert by_run["q1__lora__instruct"].status == "ok"
-    assert by_run["broken__lora__instruct"].status == "failed"
-    assert "cannot load" in by_run["broken__lora__instruct"].error
-    assert "broken__lora__instruct" in (out / "report.html").read_text()
+    assert by_run["q1__lora__instruct__s0"].status == "ok"
+    assert by_run["broken__lora__instruct__s0"].status == "failed"
+    assert "cannot load" in by_run["broken__lora__instruct__s0"].error
+    assert "broken__lora__instruct__s0" in (out / "report.html").read_text()
 
 
 def test_dry_run_prints_the_matrix_and_runs_nothing(tmp_path, capsys):

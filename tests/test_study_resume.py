@@ -91,7 +91,7 @@ def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp
     study_file, source = micro
     monkeypatch.chdir(tmp_path)  # MLflow must not fall back to ./mlruns of the working folder
     out = tmp_path / "study"
-    cell = "q1__lora__instruct"
+    cell = "q1__lora__instruct__s0"
     every = [("data", "data")] + [(cell, s) for s in STAGES]
     assert _run(study_file, out, zoo_root) == every
     assert "━" not in capfd.readouterr().err  # no stage draws its own bar inside a study
@@ -115,10 +115,47 @@ def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp
     ran, changed = _rerun_changes(study_file, out, zoo_root, cell)
     assert ran == [e for e in every if e != (cell, "evaluate") or changed]
 
-    # generation settings feed generate (and evaluate); explain reads the references, not them
+    # generation settings feed generate, evaluate and explain (target 'both' explains the output)
     ran, changed = _rerun_changes(study_file, out, zoo_root, cell,
                                   generation={"max_new_tokens": 6})
+    assert changed and ran == [(cell, "generate"), (cell, "evaluate"), (cell, "explain")]
+    _run(study_file, out, zoo_root, explanation={"target": "reference"})
+    # explaining the reference only, explain reads the references, not the generations
+    ran, changed = _rerun_changes(study_file, out, zoo_root, cell,
+                                  generation={"max_new_tokens": 8},
+                                  explanation={"target": "reference"})
     assert changed and ran == [(cell, "generate"), (cell, "evaluate")]
+
+
+def test_each_seed_trains_its_own_model_and_a_seed_reruns_identically(micro, zoo_root, tmp_path,
+                                                                      monkeypatch):
+    """Two seeds: two models per cell, with different weights and losses; the seed-1 replicate
+    of a one-seed study is the seed-1 replicate of the two-seed study, metric for metric."""
+    from safetensors.numpy import load_file
+
+    study_file, _ = micro
+    monkeypatch.chdir(tmp_path)
+    study = load_study(study_file)
+    two = study.model_copy(update={"seeds": [0, 1]})
+    statuses = StudyRunner(two, tmp_path / "two", zoo_root=zoo_root).run()
+    assert [s.run for s in statuses] == ["q1__lora__instruct__s0", "q1__lora__instruct__s1"]
+    assert all(s.status == "ok" for s in statuses)
+    layout = StudyLayout(tmp_path / "two")
+    runs = [json.loads(layout.run_json(s.identity).read_text()) for s in statuses]
+    assert [r["identity"]["seed"] for r in runs] == [0, 1]
+    assert runs[0]["train_loss"] != runs[1]["train_loss"]
+    weights = [load_file(next(layout.model_dir(s.identity).glob("*.safetensors")))
+               for s in statuses]
+    assert any((weights[0][k] != weights[1][k]).any() for k in weights[0])
+    for s in statuses:
+        assert layout.predictions(s.identity).exists() and layout.attributions(s.identity).exists()
+    assert layout.report.exists()  # compare and report read a study of replicates
+
+    one = study.model_copy(update={"seeds": [1]})
+    StudyRunner(one, tmp_path / "one", zoo_root=zoo_root).run()
+    again = _aggregates(tmp_path / "one")
+    assert list(again) == ["q1__lora__instruct__s1"]
+    assert again["q1__lora__instruct__s1"] == _aggregates(tmp_path / "two")["q1__lora__instruct__s1"]
 
 
 def _start(study_file: Path, out: Path, zoo_root: Path) -> subprocess.Popen:

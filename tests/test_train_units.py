@@ -19,7 +19,7 @@ from tunelens.train.callbacks import GradualUnfreezing
 from tunelens.train.curriculum import example_losses, order
 from tunelens.train.objectives import format_rows, to_dataset
 from tunelens.train.strategies import count_params, load_base
-from tunelens.train.trainer_args import sft_config
+from tunelens.train.trainer_args import completion_positions_only, evaluate_in_order, sft_config
 
 OFF = TrackingConfig(enabled=False)
 
@@ -253,6 +253,9 @@ def test_packing_defaults_follow_the_objective(tmp_path):
     assert sft_config(TrainConfig(packing=True), spec, "instruct", tmp_path).packing is True
     curriculum = sft_config(TrainConfig(curriculum="length"), spec, "causal", tmp_path)
     assert curriculum.packing is False and curriculum.train_sampling_strategy == "sequential"
+    # unpacked batches are drawn in length groups (less padding); packed blocks all have one length
+    assert sft_config(TrainConfig(), spec, "instruct", tmp_path).train_sampling_strategy == "group_by_length"
+    assert sft_config(TrainConfig(), spec, "causal", tmp_path).train_sampling_strategy == "random"
     full = sft_config(TrainConfig(learning_rate=1e-3), StrategySpec("full"), "causal", tmp_path)
     assert full.learning_rate == pytest.approx(2e-4) and full.gradient_checkpointing is False
 
@@ -350,7 +353,7 @@ def test_identity_is_checked_and_defaults_to_what_the_call_knows(micro_model_dir
     assert run_identity(str(micro_model_dir), "full", "instruct", None)["model"] == micro_model_dir.name
     given = {"model": "tl-d2", "strategy": "lora", "objective": "instruct", "seed": 2, "prompt": "p1"}
     assert run_identity("x", "lora", "instruct", given) == {
-        "name": "tl-d2__lora__instruct__seed2", "model": "tl-d2", "strategy": "lora",
+        "name": "tl-d2__lora__instruct__s2", "model": "tl-d2", "strategy": "lora",
         "objective": "instruct", "rag": False, "seed": 2, "prompt": "p1"}
     with pytest.raises(TunelensError, match="identity is full/instruct but this run trains lora"):
         run_identity("x", "lora", "instruct", {**given, "strategy": "full"})
@@ -358,3 +361,56 @@ def test_identity_is_checked_and_defaults_to_what_the_call_knows(micro_model_dir
         run_identity("x", "lora", "instruct", {"strategy": "lora"})
     with pytest.raises(TunelensError, match="field 'seed': input should be a valid integer"):
         run_identity("x", "lora", "instruct", {**given, "seed": "2"})
+
+
+def test_scoring_labelled_positions_only_keeps_loss_and_gradients(micro_model, tmp_path):
+    """The CPU speed-up must not change what is learned: same loss, same gradients, and TRL's own
+    choice restored afterwards."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    model, tokenizer = micro_model
+    args = sft_config(TrainConfig(max_length=256), StrategySpec("full"), "instruct", tmp_path)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(format_rows(clause_rows(6), tokenizer, "instruct")))
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # else this test proves nothing
+    every_loss, every_grads = loss_and_grads()
+    with completion_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        compact_loss, compact_grads = loss_and_grads()
+    assert trl_utils._use_triton(torch.device("cpu")) is False
+    assert compact_loss == pytest.approx(every_loss, rel=1e-5)
+    assert len(compact_grads) == len(every_grads)
+    for a, b in zip(compact_grads, every_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_validation_batches_stay_in_file_order_whatever_the_seed(micro_model, tmp_path):
+    """Training batches are drawn by length, seeded; validation must not be, or one base model's
+    validation loss would differ between the seeds of a study."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    model, tokenizer = micro_model
+    rows = format_rows(clause_rows(12), tokenizer, "instruct")
+    orders = []
+    for seed in (0, 1):
+        args = sft_config(TrainConfig(batch_size=4, seed=seed), StrategySpec("full"), "instruct", tmp_path)
+        assert args.train_sampling_strategy == "group_by_length"
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows))
+        evaluate_in_order(trainer)
+        orders.append([n for batch in trainer.get_eval_dataloader()
+                       for n in batch["attention_mask"].sum(dim=1).tolist()])
+    in_file_order = [len(ex["input_ids"]) for ex in trainer.eval_dataset]
+    assert len(set(in_file_order)) > 1  # else any order would pass
+    assert orders == [in_file_order] * 2

@@ -8,7 +8,7 @@ key path (``train.lora.rank``) and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, NotRequired, TypeVar
+from typing import Annotated, Literal, NotRequired, TypeVar
 
 import yaml
 from pydantic import (
@@ -144,7 +144,8 @@ class TrainConfig(Section):
     )
     lora: LoraConfig = LoraConfig()
     quantization: QuantConfig = QuantConfig()
-    seed: int = 0
+    seed: int = Field(0, description="init, data order, dropout; in a study, each cell's seed ('seeds') "
+                      "replaces it")
 
 
 class RagConfig(Section):
@@ -175,8 +176,13 @@ class GenerationConfig(Section):
         16384, ge=1, description="most rows x (longest prompt + max_new_tokens) per call: bounds the "
         "KV cache; longer inputs get smaller batches"
     )
-    max_examples: int | None = Field(None, ge=1)
-    seed: int = 0
+    max_examples: int | None = Field(
+        None, ge=1, description="generate for a seeded sample of this many rows, stratified by topic "
+        "and source (the same rows for every run); default: every row"
+    )
+    sample_seed: int = Field(0, ge=0, description="seed of the max_examples sample")
+    seed: int = Field(0, description="sampling; in a study, each cell's seed ('seeds') "
+                      "replaces it")
 
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> GenerationConfig:
@@ -228,8 +234,17 @@ class ExplanationConfig(Section):
     method: Method = "occlusion"
     granularity: Granularity = "token"
     baseline: Baseline = "unk"
-    target: Literal["reference", "generation"] = "reference"
-    max_examples: int | None = Field(24, ge=1)
+    target: Literal["reference", "generation", "both"] = Field(
+        "both", description="what is attributed: the reference rule, the model's own generation, "
+        "or both (one parquet, a 'target' column tells them apart)"
+    )
+    max_examples: int | None = Field(
+        24, ge=1, description="examples attributed: a sample stratified by topic and source"
+    )
+    sample_seed: int = Field(
+        0, ge=0, description="seeds the attribution sample; not the cell's seed, so every run of "
+        "a study explains the same examples"
+    )
     n_samples: int = Field(64, ge=1, description="permutations (shapley) or masks (lime, kernel_shap)")
     baseline_trials: int = Field(4, ge=1, description="trials for the 'sample' baseline")
     batch_size: int | None = Field(
@@ -238,7 +253,8 @@ class ExplanationConfig(Section):
     memory_budget_mb: float = Field(1024.0, gt=0, description="memory one batch of perturbations may use")
     reuse_prefix: bool = Field(True, description="reuse the unperturbed prefix's KV cache")
     heatmap: bool = Field(True, description="write <out stem>.html, a token heat-map per example")
-    seed: int = 0
+    seed: int = Field(0, description="sampling methods and baselines; in a study, each cell's seed ('seeds') "
+                      "replaces it")
 
 
 class ComparisonConfig(Section):
@@ -246,6 +262,8 @@ class ComparisonConfig(Section):
 
     top_k: int = Field(5, ge=1, description="features counted by top-k share and top-k overlap")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level (after Holm)")
+    fdr_q: float = Field(0.05, gt=0.0, lt=1.0, description="false discovery rate of the report-wide "
+                         "Benjamini-Hochberg family every stated finding must survive")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of bootstrap intervals")
     plateau_threshold: float = Field(
         0.01, ge=0.0, description="gain per decade of parameters (0-1 scale) below which a scale "
@@ -253,6 +271,17 @@ class ComparisonConfig(Section):
     )
     bootstrap_samples: int = Field(1000, ge=10, description="resamples of examples per interval")
     permutations: int = Field(2000, ge=10, description="resamples of each permutation test")
+    scale_findings: list[str] = Field(
+        default_factory=lambda: ["rule_exec_accuracy", "chrf", "semantic_similarity", "gini", "gini_adjusted",
+                                 "enrichment_NUMBER", "enrichment_RULE_ID"],
+        description="scale curves whose trend and plateau tests enter the report-wide correction and "
+        "may become a finding; other curves are drawn and tabled, never stated"
+    )
+    feature_level: Literal["auto", "token", "word"] = Field(
+        "auto", description="features that concentration and category enrichment count: 'auto' is "
+        "words (tokens merged by their character spans) when the runs compared differ in tokenizer, "
+        "else tokens"
+    )
     seed: int = 0
 
 
@@ -263,7 +292,7 @@ class ReportConfig(Section):
     heatmap_examples: int = Field(3, ge=0, description="examples shown as token heat-maps per run")
     heatmap_runs: int = Field(12, ge=1, description="most runs shown per token heat-map")
     scale_metrics: list[str] = Field(
-        default_factory=lambda: ["rule_exec_accuracy", "chrf", "gini"],
+        default_factory=lambda: ["rule_exec_accuracy", "chrf", "semantic_similarity", "gini"],
         description="metrics drawn as scale curves (those the study has)",
     )
     dpi: int = Field(110, ge=50, le=400, description="resolution of the PNG figures")
@@ -285,7 +314,8 @@ class TrackingConfig(Section):
 
 @with_config(ConfigDict(extra="forbid"))
 class ExtraCell(TypedDict):
-    """A cell outside the full matrix; strategy and objective default to the study's first.
+    """A cell outside the full matrix; strategy and objective default to the study's first, and
+    without a ``seed`` it is trained once per seed of the study.
 
     A typed dict rather than a model, so it stays the plain mapping the matrix code reads, while
     a wrong key or value fails with its key path (``extra_cells.1.strategy``).
@@ -295,19 +325,26 @@ class ExtraCell(TypedDict):
     strategy: NotRequired[Strategy]
     objective: NotRequired[Objective]
     rag: NotRequired[bool]
+    seed: NotRequired[Annotated[int, Field(ge=0, strict=True)]]
 
 
 class Study(Section):
-    """A whole study: the matrix (models × strategies × objectives × rag) and every stage's settings."""
+    """A whole study: the matrix (models × strategies × objectives × rag × seeds) and every
+    stage's settings."""
 
     name: str = "study"
+    seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        default_factory=lambda: [0],
+        description="every cell is trained, generated, scored and attributed once per seed "
+        "(training, generation and explanation seeds); replicates make the noise floor",
+    )
     models: list[ModelSpec] = Field(default_factory=list)
     strategies: list[Strategy] = Field(default_factory=lambda: ["lora"])
     objectives: list[Objective] = Field(default_factory=lambda: ["instruct"])
     extra_cells: list[ExtraCell] = Field(
         default_factory=list,
         description="cells outside the full matrix, e.g. {model: s, strategy: lora, "
-        "objective: causal, rag: true}",
+        "objective: causal, rag: true, seed: 1}",
     )
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -319,7 +356,7 @@ class Study(Section):
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
-    @field_validator("strategies", "objectives")
+    @field_validator("strategies", "objectives", "seeds")
     @classmethod
     def _non_empty_unique(cls, value: list) -> list:
         if not value:

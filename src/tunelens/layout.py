@@ -35,14 +35,14 @@ class RunIdentity:
     strategy: str
     objective: str
     rag: bool = False
-    seed: int | None = None  # None: the study's single run of this cell (no replicates)
+    seed: int | None = None  # None: a run outside a study (``tunelens train``), no replicates
 
     @property
     def name(self) -> str:
-        """``<model>__<strategy>__<objective>[__rag][__seed<N>]``: a label, never parsed back."""
+        """``<model>__<strategy>__<objective>[__rag][__s<seed>]``: a label, never parsed back."""
         return "__".join([self.model, self.strategy, self.objective]
                          + (["rag"] if self.rag else [])
-                         + ([f"seed{self.seed}"] if self.seed is not None else []))
+                         + ([f"s{self.seed}"] if self.seed is not None else []))
 
     @property
     def train_name(self) -> str:

@@ -1,7 +1,8 @@
 """The study's matrix: its cells, the checks made on it before any work, and an estimate of it.
 
-A study is models × strategies × objectives × retrieval (plus ``extra_cells``); each cell is a
-base model and a :class:`~tunelens.layout.RunIdentity`. Everything here is known from the config
+A study is models × strategies × objectives × retrieval × seeds (plus ``extra_cells``); each
+cell is a base model and a :class:`~tunelens.layout.RunIdentity`, and every cell is one seed's
+replicate: trained, generated, scored and attributed with that seed. Everything here is known from the config
 alone, so ``tunelens run --dry-run`` and the checks before any work use it without running
 anything; :mod:`tunelens.study` runs the cells.
 """
@@ -22,14 +23,19 @@ ZOO_PREFIX = "zoo:"
 @dataclass(frozen=True)
 class Cell:
     """One cell of the matrix: a base model and who the run is. RAG cells share the trained
-    model of their non-RAG twin."""
+    model of their non-RAG twin of the same seed."""
 
     model: ModelSpec
     identity: RunIdentity
 
     @classmethod
-    def of(cls, model: ModelSpec, strategy: str, objective: str, rag: bool = False) -> Cell:
-        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag)))
+    def of(cls, model: ModelSpec, strategy: str, objective: str, rag: bool = False,
+           seed: int | None = None) -> Cell:
+        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag), seed))
+
+    @property
+    def seed(self) -> int | None:
+        return self.identity.seed
 
     @property
     def name(self) -> str:
@@ -41,20 +47,25 @@ class Cell:
 
 
 def expand_matrix(study: Study, origin: str = "study") -> list[Cell]:
-    """models × strategies × objectives × rag, then ``extra_cells``; duplicates dropped, order kept.
+    """models × strategies × objectives × rag × seeds, then ``extra_cells`` (each with its own
+    seed, else every seed of the study); duplicates dropped, order kept.
 
-    Strategy, objective and rag values are validated by the config (from the registries in
-    :mod:`tunelens.train.catalog`); a study with no cell is refused here, before anything runs.
+    The seed varies fastest, so a cell's replicates sit together and a RAG cell comes after the
+    twin of its seed. Strategy, objective and rag values are validated by the config (from the
+    registries in :mod:`tunelens.train.catalog`); a study with no cell is refused here, before
+    anything runs.
     """
     models = {m.name: m for m in study.models}
-    cells = [Cell.of(m, s, o, r) for m in study.models for s in study.strategies
-             for o in study.objectives for r in study.rag.enabled]
+    cells = [Cell.of(m, s, o, r, seed) for m in study.models for s in study.strategies
+             for o in study.objectives for r in study.rag.enabled for seed in study.seeds]
     for i, extra in enumerate(study.extra_cells):
         if extra.get("model") not in models:
             raise TunelensError(f"{origin}: extra_cells.{i}.model: unknown model "
                                 f"'{extra.get('model')}' (models: {', '.join(models) or 'none'})")
-        cells.append(Cell.of(models[extra["model"]], extra.get("strategy", study.strategies[0]),
-                             extra.get("objective", study.objectives[0]), extra.get("rag", False)))
+        seeds = [extra["seed"]] if "seed" in extra else study.seeds
+        cells += [Cell.of(models[extra["model"]], extra.get("strategy", study.strategies[0]),
+                          extra.get("objective", study.objectives[0]), extra.get("rag", False), seed)
+                  for seed in seeds]
     if not cells:
         raise TunelensError(f"{origin}: the study has no cells: list at least one model under "
                             "'models'")
@@ -111,15 +122,21 @@ def resolve_model_path(spec: ModelSpec, zoo_root: Path) -> str:
 
 
 def estimate(study: Study, cells: list[Cell]) -> dict:
-    """A rough count of the work: training steps, generated tokens, scored perturbations."""
+    """A rough count of the work: training steps, generated tokens, scored perturbations.
+
+    Every seed is a training of its own (models × strategies × objectives × seeds, RAG twins
+    sharing theirs); explaining ``both`` targets attributes each sampled example twice.
+    """
     trained = {c.train_name for c in cells}
     gen = study.generation
     n_test = gen.max_examples or 100
-    n_explain = min(study.explanation.max_examples or n_test, n_test)
+    targets = 2 if study.explanation.target == "both" else 1
+    n_explain = min(study.explanation.max_examples or n_test, n_test) * targets
     per_example = {"occlusion": 40, "shapley": 40 * study.explanation.n_samples,
                    "lime": study.explanation.n_samples}.get(study.explanation.method, 40)
     return {
         "cells": len(cells),
+        "seeds": len({c.seed for c in cells}),
         "trainings": len(trained),
         "train_steps": len(trained) * study.train.max_steps,
         "generated_tokens_max": len(cells) * n_test * gen.max_new_tokens * gen.num_samples,

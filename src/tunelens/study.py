@@ -21,14 +21,23 @@ own SIGINT handler (:mod:`tunelens.guard`) and a parent MLflow run
 
 from __future__ import annotations
 
-import inspect
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
-from tunelens.config import ModelSpec, Study, TrackingConfig, dump_study
+from tunelens.config import (
+    ExplanationConfig,
+    GenerationConfig,
+    ModelSpec,
+    Study,
+    TrackingConfig,
+    TrainConfig,
+    dump_study,
+    override,
+)
 from tunelens.errors import TunelensError
 from tunelens.fingerprint import fingerprint
 from tunelens.guard import Interrupts, check_study_folder, study_lock
@@ -46,8 +55,9 @@ from tunelens.matrix import (
 STAGES = ("train", "generate", "evaluate", "explain")
 # What the bundled dataset is generated from: its stamp hashes this folder's content.
 BUNDLED_SOURCE = Path(__file__).parent / "data" / "compliance"
-# What explain reads of a predictions row when its target is the reference (not the prediction).
-REFERENCE_FIELDS = ("id", "prompt", "rendered_prompt", "reference", "completion")
+# What explain reads of a predictions row when its target is the reference (not the prediction);
+# topic and source choose the stratified sample of examples.
+REFERENCE_FIELDS = ("id", "prompt", "rendered_prompt", "reference", "completion", "topic", "source")
 
 
 @dataclass
@@ -93,6 +103,25 @@ def reference_view(predictions: Path) -> str:
     a new prediction text must not re-run attribution of the same prompts and references."""
     rows = read_jsonl(predictions)
     return fingerprint([{k: row.get(k) for k in REFERENCE_FIELDS} for row in rows])
+
+
+def explain_stamp(config: ExplanationConfig, model_dir: Path, predictions: Path) -> str:
+    """Explain's stamp: the model, the settings, and of the predictions only what the target
+    reads (the reference alone, or with ``generation``/``both`` the model's own output too)."""
+    cfg = config.model_dump(mode="json")
+    if config.target == "reference":
+        return fingerprint("explain", cfg, reference_view(predictions), files=[model_dir])
+    return fingerprint("explain", cfg, files=[model_dir, predictions])
+
+
+S = TypeVar("S", TrainConfig, GenerationConfig, ExplanationConfig)
+
+
+def seeded(section: S, seed: int | None) -> S:
+    """A stage's settings with the cell's seed laid over them: the seed of a replicate drives its
+    training (init, data order, dropout), its sampling and its attribution, and so enters every
+    stamp through those settings. A cell without a seed keeps the configured one."""
+    return override(section, origin="seeds", seed=seed)
 
 
 # -- the runner --------------------------------------------------------------------------------
@@ -213,6 +242,7 @@ class StudyRunner:
         from tunelens.infer.generate import generate_predictions
 
         s, run, layout = self.study, cell.identity, self.layout
+        gen, expl = seeded(s.generation, cell.seed), seeded(s.explanation, cell.seed)
         base = self.model_path(cell.model)
         model_dir, pred = layout.model_dir(run), layout.predictions(run)
         metrics, attr = layout.metrics(run), layout.attributions(run)
@@ -223,42 +253,33 @@ class StudyRunner:
               lambda: self._train_stamp(cell, base),
               lambda: self._train(cell, base, data_dir, model_dir, tracking))
         stage(cell, status, "generate", pred,
-              lambda: fingerprint("generate", s.generation.model_dump(mode="json"),
+              lambda: fingerprint("generate", gen.model_dump(mode="json"),
                                   s.rag.k if rag else None,
                                   files=[model_dir, test] + ([rag] if rag else [])),
-              lambda: generate_predictions(str(model_dir), test, pred, config=s.generation,
+              lambda: generate_predictions(str(model_dir), test, pred, config=gen,
                                            rag_index=rag, rag_k=s.rag.k if rag else None,
                                            progress=False))
         stage(cell, status, "evaluate", metrics,
               lambda: fingerprint("evaluate", s.evaluation.model_dump(mode="json"), files=[pred]),
               lambda: evaluate(pred, metrics, config=s.evaluation, progress=False))
-        stage(cell, status, "explain", attr, lambda: self._explain_stamp(model_dir, pred),
-              lambda: explain_run(str(model_dir), pred, attr, config=s.explanation,
-                                  progress=False))
+        stage(cell, status, "explain", attr, lambda: explain_stamp(expl, model_dir, pred),
+              lambda: explain_run(str(model_dir), pred, attr, config=expl, progress=False))
 
     def _train_stamp(self, cell: Cell, base: str) -> str:
         local = Path(base).exists()  # a local model is known by its content, a hub id by its name
         files = ([Path(base)] if local else []) + [self.layout.split("train"), self.layout.split("val")]
         run = cell.identity
         return fingerprint("train", None if local else base, run.strategy, run.objective,
-                           self.study.train.model_dump(mode="json"), files=files)
-
-    def _explain_stamp(self, model_dir: Path, pred: Path) -> str:
-        cfg = self.study.explanation.model_dump(mode="json")
-        if self.study.explanation.target == "reference":
-            return fingerprint("explain", cfg, reference_view(pred), files=[model_dir])
-        return fingerprint("explain", cfg, files=[model_dir, pred])
+                           seeded(self.study.train, cell.seed).model_dump(mode="json"), files=files)
 
     def _train(self, cell: Cell, base: str, data_dir: Path, model_dir: Path,
                tracking: TrackingConfig | None) -> None:
         from tunelens.train import train
 
-        extra = {}
-        if "identity" in inspect.signature(train).parameters:  # run.json records who the run is
-            extra["identity"] = cell.identity.to_dict()
-        run = cell.identity
-        train(base, data_dir, model_dir, run.strategy, run.objective, config=self.study.train,
-              tracking=tracking, run_name=run.train_name, **extra)
+        run = replace(cell.identity, rag=False)  # the trained model is the non-RAG twin's
+        train(base, data_dir, model_dir, run.strategy, run.objective,
+              config=seeded(self.study.train, cell.seed), tracking=tracking,
+              run_name=run.name, identity=run.to_dict())  # run.json records who the run is
 
     # -- the whole study -------------------------------------------------------------------------
 

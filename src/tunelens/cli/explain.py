@@ -22,7 +22,8 @@ def explain_cmd(
     model: str = opt.model_option(),
     data: Path = typer.Option(..., "--data", help="JSONL of dataset rows (id, prompt, completion) "
                               "or predictions rows (id, prompt, reference, prediction); "
-                              "--target generation needs predictions rows."),
+                              "--target generation needs predictions rows (with both, rows "
+                              "without a prediction are explained on the reference only)."),
     out: Path = opt.out_option("Attributions parquet (example_id, position, token, start, end, "
                            "category, score); a token heat-map <stem>.html is written beside it."),
     config: Path = opt.config_option("'explanation' section"),
@@ -30,11 +31,12 @@ def explain_cmd(
     granularity: str = _x("granularity", "--granularity", "Features: " + choices(GRANULARITIES)),
     baseline: str = _x("baseline", "--baseline", "What replaces a feature: "
                        + choices(BASELINES)),
-    target: str = _x("target", "--target", "reference (the completion) or generation (the row's "
-                     "prediction)"),
+    target: str = _x("target", "--target", "reference (the completion), generation (the row's "
+                     "prediction) or both (one parquet, a 'target' column)"),
     n_samples: int = _x("n_samples", "--n-samples", "Permutations (shapley) or masks (lime, "
                         "kernel_shap) per example"),
-    max_examples: int = _x("max_examples", "--max-examples", "Only the first N rows"),
+    max_examples: int = _x("max_examples", "--max-examples", "A sample of N rows, stratified by "
+                           "topic and source (seeded by the config's sample_seed)"),
     batch_size: int = typer.Option(None, "--batch-size", help="Perturbations per forward pass "
                                    "(default: sized from --memory-budget-mb)."),
     memory_budget_mb: float = _x("memory_budget_mb", "--memory-budget-mb", "Memory one batch of "
@@ -67,5 +69,8 @@ def explain_cmd(
         err_console.print(f"[yellow]{summary['truncated_examples']} example(s) did not fit the "
                           "model's context: the context around the clause was cut from the left",
                           highlight=False)
+    if summary.get("generation_skipped"):
+        err_console.print(f"{summary['generation_skipped']} example(s) explained on the reference "
+                          "only: no generation, or an empty one", highlight=False)
     if summary["heatmap"]:
         console.print(f"heat-map: {summary['heatmap']}", highlight=False)

@@ -74,7 +74,8 @@ def generate_cmd(
     max_batch_tokens: int = _gen("max_batch_tokens", "--max-batch-tokens", "Most rows x (longest "
                                  "prompt + max new tokens) per batch; longer inputs get smaller "
                                  "batches"),
-    max_examples: int = typer.Option(None, "--max-examples", help="Only the first N rows."),
+    max_examples: int = typer.Option(None, "--max-examples", help="A sample of N rows, stratified "
+                                     "by topic and source (the same rows for every model)."),
     seed: int = opt.seed_option("the sampling", GenerationConfig),
     rag: Path = typer.Option(None, "--rag", help="Index folder from 'rag index': put the nearest "
                              "corpus examples into each prompt."),

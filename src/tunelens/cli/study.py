@@ -85,23 +85,29 @@ def _print_concentration(result: dict, cfg) -> None:
 
 
 def _print_tests(result: dict, cfg) -> None:
-    """Quality metrics pair by pair; category shares (seven per pair) only counted."""
-    t = _table(f"strategies compared, paired by example (Holm-adjusted, alpha {cfg.alpha})",
-               ("model · objective", "metric", "a vs b", "mean a", "mean b", "p (Wilcoxon)",
-                "p (perm.)", "r", "verdict"))
+    """Quality metrics pair by pair (the effect is what was tested); category shares only counted."""
+    family = result["tests"].get("family") or {}
+    t = _table(f"strategies compared (Holm within a family, alpha {cfg.alpha}; Benjamini-Hochberg "
+               f"over {family.get('tests', 0)} tests, q {family.get('q', cfg.fdr_q)})",
+               ("model · objective", "metric", "a vs b", "mean a", "mean b", "effect [CI]", "test",
+                "p (Holm)", "p (BH)", "verdict"))
     n_cat = n_cat_sig = 0
     for g in result["tests"]["groups"]:
         where = f"{g['model']} · {g['objective']}" + (" · rag" if g["rag"] else "")
         for metric, m in g["metrics"].items():
             if m["kind"] == "category":
                 n_cat += len(m["pairwise"])
-                n_cat_sig += sum(r["significant"] for r in m["pairwise"])
+                n_cat_sig += sum(bool(r.get("significant")) for r in m["pairwise"])
                 continue
             for r in m["pairwise"]:
-                verdict = "[green]differ[/]" if r["significant"] else "[dim]no sig. difference[/]"
+                verdict = "[green]differ[/]" if r.get("significant") else "[dim]no sig. difference[/]"
+                if r.get("single_seed"):
+                    verdict += " [dim](one seed)[/]"
+                effect = interval_of({"mean": r.get("estimate"), "lo": r.get("ci_lo"),
+                                      "hi": r.get("ci_hi")})
                 t.add_row(where, metric, f"{r['a']} vs {r['b']}", number(r["mean_a"]),
-                          number(r["mean_b"]), p_value(r["p_holm"]),
-                          p_value(r["permutation_p_holm"]), f"{r['rank_biserial']:+.2f}", verdict)
+                          number(r["mean_b"]), effect, str(r.get("test") or DASH),
+                          p_value(r.get("p_holm")), p_value(r.get("p_bh")), verdict)
     if t.row_count:
         console.print(t)
     if n_cat:
@@ -113,24 +119,28 @@ def _print_scale(result: dict) -> None:
     curves = result["scale"]["curves"]
     if not curves:
         return
-    t = _table("scale: metric ~ a + b·log10(params)",
-               ("strategy · objective", "metric", "sizes", "gain per decade b", "plateau from"))
+    t = _table("scale: metric against log10(params), bootstrap over examples and seeds",
+               ("strategy · objective", "metric", "sizes", "gain per decade [CI]", "p", "verdict",
+                "plateau from"))
     for c in curves:
-        fit = c["fit"] or {}
-        slope = interval_of({"mean": fit.get("slope"), "lo": fit.get("slope_lo"),
-                             "hi": fit.get("slope_hi")})
+        trend = c.get("trend") or {}
+        slope = interval_of({"mean": trend.get("slope"), "lo": trend.get("lo"), "hi": trend.get("hi")})
         plateau = c["plateau"]["size"]
         t.add_row(f"{c['strategy']} · {c['objective']}" + (" · rag" if c["rag"] else ""),
-                  c["metric"], str(len(c["points"])), slope,
-                  DASH if plateau is None else f"{plateau:.3g}")
+                  c["metric"], str(len(c["points"])), slope, p_value(trend.get("p_bh", trend.get("p"))),
+                  c.get("verdict") or DASH, DASH if plateau is None else f"{plateau:.3g}")
     console.print(t)
 
 
 def _print_floor_and_failures(result: dict) -> None:
     floor = result["agreement"]["noise_floor"]
     if floor:
-        console.print(f"seed-to-seed agreement floor: Spearman {interval_of(floor['spearman'])} "
-                      f"over {floor['n_pairs']} example pairs")
+        if floor.get("degenerate"):
+            console.print("seed-to-seed agreement floor: no seed variation (replicate attributions "
+                          "are identical), so no strategy pair is judged against it")
+        else:
+            console.print(f"seed-to-seed agreement floor: Spearman {interval_of(floor['spearman'])} "
+                          f"over {floor['n_cells']} cells ({floor['n_pairs']} seed pairs)")
     for f in result["runs"]["failures"]:
         err_console.print(f"[red]{f['status']}[/] {f['run']}: {f['error'] or 'no outputs'}",
                           highlight=False)
@@ -207,10 +217,11 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
 
     cells = expand_matrix(study, origin)
     table = _table(f"study '{study.name}': {len(cells)} cells",
-                   ("run", "model", "strategy", "objective", "rag"))
+                   ("run", "model", "strategy", "objective", "rag", "seed"))
     for c in cells:
         who = c.identity
-        table.add_row(c.name, who.model, who.strategy, who.objective, "yes" if who.rag else "no")
+        table.add_row(c.name, who.model, who.strategy, who.objective, "yes" if who.rag else "no",
+                      DASH if who.seed is None else str(who.seed))
     console.print(table)
     if dry_run:
         est = estimate(study, cells)

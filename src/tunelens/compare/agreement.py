@@ -8,9 +8,15 @@ signed scores (a feature that helps in one run and hurts in the other is a disag
 overlap and the Jensen–Shannon divergence use |score| (which features carry the mass). JS is
 base 2, squared from scipy's distance, so it runs from 0 (identical) to 1.
 
-Noise floor: replicates of one cell (see :mod:`tunelens.compare.runs`) are compared the same way;
-their mean agreement is the floor two *different* strategies should be judged against. With no
-replicates there is no floor and none is reported.
+Noise floor: the seeds of one cell (see :mod:`tunelens.compare.runs`) are compared the same way;
+their agreement is the floor two *different* strategies should be judged against. The unit is the
+replicate pair, not the example: each pair of seeds is summarised by its mean over examples, each
+cell by the mean of its pairs, and the floor is the mean over cells with an interval that
+resamples cells (the examples of one pair are not independent evidence about seed noise, and
+pooling them would make the interval far too narrow). When every replicate pair agrees perfectly
+(Spearman within 1e-9 of 1: deterministic occlusion of identical models), the floor is marked
+``degenerate``: there is no seed variation to compare with, and the report says so instead of
+finding every strategy pair "below the floor". With no replicates there is no floor.
 """
 
 from __future__ import annotations
@@ -126,23 +132,36 @@ def agreement(vectors: dict[str, dict], replicates: dict[str, list[str]], k: int
         summary = summarise(per, samples, confidence, seed)
         pairs.append({"a": a, "b": b, "n_examples": int(per["spearman"].notna().sum()), **summary})
         matrix[i, j] = matrix[j, i] = _or_nan(summary["spearman"]["mean"])
-    floor_rows, floor_cells = [], {}
+    floor = noise_floor(vectors, replicates, k, samples, confidence, seed)
+    return {"metrics": list(METRICS), "top_k": k, "pairs": pairs,
+            "matrix": {"runs": primary, "spearman": [[_json(v) for v in row] for row in matrix]},
+            "noise_floor": floor}
+
+
+def noise_floor(vectors: dict[str, dict], replicates: dict[str, list[str]], k: int, samples: int,
+                confidence: float, seed: int) -> dict | None:
+    """Seed-to-seed agreement: replicate pairs summarised per cell, the floor over cells."""
+    cells = {}
     for cell, names in sorted(replicates.items()):
         names = [n for n in names if n in vectors]
         if len(names) < 2:
             continue
-        per_cell = [run_pair(vectors[a], vectors[b], k) for a, b in itertools.combinations(names, 2)]
-        cell_frame = pd.concat(per_cell, ignore_index=True)
-        floor_rows.append(cell_frame)
-        floor_cells[cell] = {"runs": names, **summarise(cell_frame, samples, confidence, seed)}
-    floor = None
-    if floor_rows:
-        pooled = pd.concat(floor_rows, ignore_index=True)
-        floor = {"cells": floor_cells, "n_pairs": int(len(pooled)),
-                 **summarise(pooled, samples, confidence, seed)}
-    return {"metrics": list(METRICS), "top_k": k, "pairs": pairs,
-            "matrix": {"runs": primary, "spearman": [[_json(v) for v in row] for row in matrix]},
-            "noise_floor": floor}
+        pair_means = pd.DataFrame([run_pair(vectors[a], vectors[b], k)[list(METRICS)].mean()
+                                   for a, b in itertools.combinations(names, 2)])
+        cells[cell] = {"runs": names, "n_pairs": int(len(pair_means)),
+                       **{m: _or_none(pair_means[m].mean()) for m in METRICS}}
+    if not cells:
+        return None
+    per_cell = pd.DataFrame([{m: _or_nan(c[m]) for m in METRICS} for c in cells.values()])
+    rho = per_cell["spearman"].dropna()
+    degenerate = bool(len(rho) and (rho >= 1.0 - 1e-9).all())
+    return {"unit": "replicate pairs averaged per cell; interval over cells", "cells": cells,
+            "n_cells": len(cells), "n_pairs": sum(c["n_pairs"] for c in cells.values()),
+            "degenerate": degenerate, **summarise(per_cell, samples, confidence, seed)}
+
+
+def _or_none(v) -> float | None:
+    return float(v) if np.isfinite(v) else None
 
 
 def _or_nan(v) -> float:

@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 from tunelens.compare import agreement as agreement_mod
-from tunelens.compare import category_shares, concentration, scale
+from tunelens.compare import category_shares, concentration, distinct, multiplicity, scale
+from tunelens.compare.distinct import QUALITY_SKIP
+from tunelens.compare.distinct import aligned as _aligned
+from tunelens.compare.features import choose_level, features
 from tunelens.compare.intervals import mean_interval
 from tunelens.compare.runs import (
     RunInfo,
@@ -30,7 +33,6 @@ from tunelens.compare.runs import (
     strategy_key,
     unrecorded_outputs,
 )
-from tunelens.compare.significance import compare_paired
 from tunelens.config import ComparisonConfig
 from tunelens.errors import TunelensError
 from tunelens.evaluate import specs
@@ -39,11 +41,9 @@ from tunelens.io import json_safe, read_json, write_json
 from tunelens.layout import StudyLayout
 
 STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
-# per-example numbers that are bookkeeping, not quality
-QUALITY_SKIP = {"n", "count", "length", "prediction_length", "reference_length", "judge_attempts"}
 STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale")
 INPUTS_FILE = "inputs.json"  # the fingerprint of what the statistics were computed from
-STATS_FORMAT = 2  # bumped when the layout of stats/*.json changes; older files are recomputed
+STATS_FORMAT = 3  # bumped when the layout of stats/*.json changes; older files are recomputed
 
 
 def input_fingerprint(study_dir: Path) -> str:
@@ -83,19 +83,25 @@ def compare_study(study_dir: Path, config: ComparisonConfig | None = None, out: 
                                                            r.objective, r.rag))
     attributions = {r.name: read_attributions(r.attributions) for r in runs if r.attributions}
     tick("attributions")
-    conc = {n: concentration.per_example(a, cfg.top_k) for n, a in attributions.items()}
-    shares = {n: category_shares.per_example(a) for n, a in attributions.items()}
-    result = {"concentration": _concentration_summary(primaries, conc, cfg),
-              "category_shares": _shares_summary(primaries, shares, cfg)}
+    level = choose_level(runs, StudyLayout(study_dir), cfg.feature_level)
+    measured = {n: features(a, level) for n, a in attributions.items()}
+    conc = {n: concentration.per_example(a, cfg.top_k) for n, a in measured.items()}
+    shares = {n: category_shares.per_example(a) for n, a in measured.items()}
+    counts = {n: category_shares.feature_shares(a) for n, a in measured.items()}
+    result = {"concentration": _concentration_summary(primaries, conc, cfg, level),
+              "category_shares": _shares_summary(primaries, shares, cfg, counts, level)}
     tick("concentration")
-    result["tests"] = _tests(primaries, conc, shares, cfg)
+    result["tests"] = distinct.tests(runs, conc, shares, cfg)
     tick("tests")
     result["agreement"] = _agreement(runs, primaries, attributions, cfg)
     tick("agreement")
     result["scale"] = {"threshold_per_decade": cfg.plateau_threshold, "confidence": cfg.confidence,
-                       "curves": _scale_curves(primaries, conc, cfg)}
+                       "alpha": cfg.alpha,
+                       "curves": _scale_curves(runs, conc, cfg, _enrichment_jobs(shares, counts))}
     tick("scale")
     result["runs"] = _run_index(study_dir, runs, primaries, attributions, unrecorded)
+    # last: every p a sentence can come from, from any step above, in one BH family
+    result["tests"]["family"] = multiplicity.report_family(result, cfg.fdr_q, cfg.alpha)
     result = json_safe(result)  # what the caller gets is what the files say (NaN policy: null)
     for stem in STAT_FILES:
         write_json(out / f"{stem}.json", result[stem])
@@ -130,22 +136,19 @@ def stored_fingerprint(stats_dir: Path) -> str | None:
 
 
 def _concentration_summary(primaries: list[RunInfo], conc: dict[str, pd.DataFrame],
-                           cfg: ComparisonConfig) -> dict:
+                           cfg: ComparisonConfig, level: str = "token") -> dict:
     names = [r.name for r in primaries if r.name in conc]
+    metrics = [*concentration.METRICS, *concentration.EXTRA_METRICS]
     return {
-        "top_k": cfg.top_k, "metrics": list(concentration.METRICS),
-        "per_run": {n: {"n_examples": int(len(conc[n])),
-                        **{m: _interval(conc[n][m], cfg, i) for i, m in enumerate(concentration.METRICS)}}
+        "top_k": cfg.top_k, "metrics": list(concentration.METRICS), "adjusted": "gini_adjusted",
+        "feature_level": level,
+        "null": "gini_adjusted = Gini / ((n-1)/(2n)), the expected Gini of n i.i.d. exponential scores",
+        "per_run": {n: {"n_examples": int(len(conc[n])), "mean_features": float(conc[n]["n_features"].mean())
+                        if len(conc[n]) else None,
+                        **{m: _interval(conc[n][m], cfg, i) for i, m in enumerate(metrics)}}
                     for n in names},
         "per_example": {n: conc[n].reset_index().to_dict(orient="records") for n in names},
     }
-
-
-def _tests(primaries: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig) -> dict:
-    return {"alpha": cfg.alpha, "confidence": cfg.confidence, "permutations": cfg.permutations,
-            "permutation_test": "paired sign-flip on the mean difference (two-sided)",
-            "correction": "Holm, over the pairwise comparisons of one metric in one group",
-            "groups": _distinctness(primaries, conc, shares, cfg)}
 
 
 def _agreement(runs: list[RunInfo], primaries: list[RunInfo], attributions: dict,
@@ -178,14 +181,18 @@ def _interval(values, cfg: ComparisonConfig, offset: int = 0) -> dict:
     return mean_interval(values, cfg.bootstrap_samples, cfg.confidence, cfg.seed + offset)
 
 
-def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame],
-                    cfg: ComparisonConfig) -> dict:
+def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame], cfg: ComparisonConfig,
+                    counts: dict[str, pd.DataFrame] | None = None, level: str = "token") -> dict:
+    """Shares of |attribution| per category and their enrichment (share ÷ share of features)."""
     cats: list[str] = []
     for r in primaries:
         if r.name in shares:
             cats += [c for c in shares[r.name].columns if c not in cats]
     per_run = {r.name: {c: _interval(shares[r.name][c], cfg) for c in cats}
                for r in primaries if r.name in shares}
+    enrich = {n: category_shares.enrichment(shares[n].reindex(columns=cats, fill_value=0.0),
+                                            counts[n], cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+              for n in per_run} if counts is not None else {}
     per_strategy: dict[str, dict] = {}
     per_model: dict[str, dict] = {}
     for key_of, target in ((lambda r: r.strategy, per_strategy), (lambda r: r.model, per_model)):
@@ -196,74 +203,48 @@ def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame],
         for key, names in members.items():
             target[key] = {"runs": names,
                            "shares": {c: float(np.mean([per_run[n][c]["mean"] for n in names]))
-                                      for c in cats}}
+                                      for c in cats},
+                           "enrichment": {c: _mean_of([enrich[n][c]["mean"] for n in names if n in enrich])
+                                          for c in cats}}
     for r in primaries:
         if r.model in per_model:
             per_model[r.model]["params"] = r.params
-    return {"categories": cats, "per_run": per_run, "per_strategy": _ordered(per_strategy),
+    return {"categories": cats, "feature_level": level, "per_run": per_run, "enrichment": enrich,
+            "enrichment_definition": "mean share of |attribution| / mean share of features, per category",
+            "per_strategy": _ordered(per_strategy),
             "per_model": dict(sorted(per_model.items(), key=lambda kv: (kv[1].get("params") or 0, kv[0])))}
 
 
-def _series_by_metric(run: RunInfo, conc: dict, shares: dict) -> dict[str, tuple[str, pd.Series]]:
-    """Every per-example metric of a run, labelled by its kind."""
-    out: dict[str, tuple[str, pd.Series]] = {}
-    if run.name in conc:
-        for m in concentration.METRICS:
-            out[m] = ("concentration", conc[run.name][m])
-    if run.name in shares:
-        for c in shares[run.name].columns:
-            out[f"share_{c}"] = ("category", shares[run.name][c])
-    if run.per_example is not None:
-        for m in run.per_example.columns:
-            if m not in QUALITY_SKIP:
-                out[m] = ("quality", run.per_example[m])
-    return out
+def _mean_of(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
-def _aligned(series: dict[str, pd.Series]) -> pd.DataFrame:
-    """Examples × labels over the examples every label has a finite value for."""
-    frame = pd.concat(series, axis=1, join="inner")
-    return frame.replace([np.inf, -np.inf], np.nan).dropna()
+# the categories of the published claim under test (arXiv 2604.15589: larger models rely more on
+# numbers and rule ids): their enrichment gets a scale curve and a trend test
+ENRICHMENT_TRENDS = ("NUMBER", "RULE_ID")
 
 
-def _distinctness(primaries: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig) -> list:
+def _enrichment_jobs(shares: dict[str, pd.DataFrame], counts: dict[str, pd.DataFrame]) -> dict:
+    """``enrichment_<category>`` -> run -> (mass-share series, feature-share series)."""
+    jobs: dict[str, dict] = {}
+    for name, table in shares.items():
+        for c in ENRICHMENT_TRENDS:
+            if c in table.columns and c in counts[name].columns and counts[name][c].sum() > 0:
+                jobs.setdefault(f"enrichment_{c}", {})[name] = (
+                    table[c], counts[name][c].reindex(table.index))
+    return jobs
+
+
+def _scale_curves(runs: list[RunInfo], conc: dict, cfg: ComparisonConfig,
+                  extra: dict | None = None) -> list:
+    """One curve per (strategy, objective, rag) with two or more model sizes, per metric.
+
+    Every run of a cell counts: runs of one size that differ by seed are its replicates.
+    ``extra``: more (metric -> run -> (numerator, denominator) series) to fit, e.g. enrichment.
+    """
     groups: dict[tuple, list[RunInfo]] = {}
-    for r in primaries:
-        groups.setdefault(r.group, []).append(r)
-    out = []
-    for (model, objective, rag), members in sorted(
-            groups.items(), key=lambda kv: (kv[1][0].params or 0, kv[0])):
-        # a run with nothing per example (failed, or not yet evaluated) has nothing to compare
-        members = [r for r in sorted(members, key=lambda r: strategy_key(r.strategy))
-                   if _series_by_metric(r, conc, shares)]
-        if len({r.strategy for r in members}) < 2:
-            continue
-        per_run = {r.strategy: _series_by_metric(r, conc, shares) for r in members}
-        metric_names = sorted(set.intersection(*(set(v) for v in per_run.values())),
-                              key=lambda m: (_KIND_ORDER[per_run[members[0].strategy][m][0]], m))
-        result = {"model": model, "objective": objective, "rag": rag,
-                  "runs": {r.strategy: r.name for r in members}, "metrics": {}, "skipped": {}}
-        for i, metric in enumerate(metric_names):
-            kind = per_run[members[0].strategy][metric][0]
-            frame = _aligned({s: per_run[s][metric][1] for s in per_run})
-            if len(frame) < 2:
-                result["skipped"][metric] = f"{len(frame)} example(s) common to all strategies"
-                continue
-            if kind == "category" and float(frame.to_numpy().sum()) == 0.0:
-                continue  # a category no strategy ever attributes to is not a question
-            stats_ = compare_paired({s: frame[s].to_numpy() for s in frame.columns}, cfg.alpha,
-                                    cfg.permutations, cfg.seed + i)
-            stats_["kind"] = kind
-            stats_["intervals"] = {s: _interval(frame[s], cfg, i) for s in frame.columns}
-            result["metrics"][metric] = stats_
-        out.append(result)
-    return out
-
-
-def _scale_curves(primaries: list[RunInfo], conc: dict, cfg: ComparisonConfig) -> list:
-    """One curve per (strategy, objective, rag) with two or more model sizes, per metric."""
-    groups: dict[tuple, list[RunInfo]] = {}
-    for r in primaries:
+    for r in runs:
         if r.params:
             groups.setdefault((r.strategy, r.objective, r.rag), []).append(r)
     curves = []
@@ -271,58 +252,64 @@ def _scale_curves(primaries: list[RunInfo], conc: dict, cfg: ComparisonConfig) -
             groups.items(), key=lambda kv: (strategy_key(kv[0][0]), kv[0][1], kv[0][2])):
         if len({r.params for r in members}) < 2:
             continue
-        for i, (metric, values, is_aggregate) in enumerate(_scale_jobs(members, conc)):
-            c = _scale_curve(metric, members, values, is_aggregate, cfg, cfg.seed + i)
+        for i, (metric, values, ratio) in enumerate(_scale_jobs(members, conc, extra or {})):
+            c = _scale_curve(metric, members, values, ratio, cfg, cfg.seed + i)
             if c is not None:
                 curves.append({"strategy": strategy, "objective": objective, "rag": rag, **c})
     return curves
 
 
-def _scale_jobs(members: list[RunInfo], conc: dict) -> list[tuple[str, dict, bool]]:
-    """(metric, run -> values, aggregate only?) sorted by metric: per-example series where the
-    runs have them (concentration, quality), else the aggregate value (corpus-level metrics)."""
+def _scale_jobs(members: list[RunInfo], conc: dict, extra: dict) -> list[tuple[str, dict, dict | None]]:
+    """(metric, run -> per-example series, run -> denominator series or None), sorted by metric.
+
+    Every metric a run has per example (concentration, quality); a metric only aggregated
+    (no per-example scores) gets empty series and is drawn, not tested.
+    """
     per_example: dict[str, dict[str, pd.Series]] = {}
     for r in members:
         if r.name in conc:
-            for m in concentration.METRICS:
-                per_example.setdefault(m, {})[r.name] = conc[r.name][m]
+            for m in (*concentration.METRICS, *concentration.EXTRA_METRICS):
+                if m in conc[r.name]:
+                    per_example.setdefault(m, {})[r.name] = conc[r.name][m]
         if r.per_example is not None:
             for m in r.per_example.columns:
                 if m not in QUALITY_SKIP:
                     per_example.setdefault(m, {})[r.name] = r.per_example[m]
-    aggregate_only: dict[str, dict[str, float]] = {}
-    for r in members:
-        for m, v in r.aggregate.items():
-            if m not in per_example and m not in QUALITY_SKIP:
-                aggregate_only.setdefault(m, {})[r.name] = v
-    jobs = [(m, v, False) for m, v in per_example.items()]
-    jobs += [(m, v, True) for m, v in aggregate_only.items()]
+        for m in r.aggregate:
+            if m not in QUALITY_SKIP:
+                per_example.setdefault(m, {})
+    jobs: list[tuple[str, dict, dict | None]] = [(m, v, None) for m, v in per_example.items()]
+    for m, by_run in extra.items():
+        jobs.append((m, {n: v[0] for n, v in by_run.items() if n in {r.name for r in members}},
+                     {n: v[1] for n, v in by_run.items()}))
     return sorted(jobs, key=lambda j: j[0])
 
 
-def _scale_curve(metric: str, members: list[RunInfo], values: dict, is_aggregate: bool,
+def _scale_curve(metric: str, members: list[RunInfo], values: dict, denominators: dict | None,
                  cfg: ComparisonConfig, seed: int) -> dict | None:
-    frame = None
-    if is_aggregate:
-        rows = []
-        for r in members:
-            if r.name in values:
-                lo, hi = r.intervals.get(metric, (None, None))
-                rows.append({"run": r.name, "model": r.model, "params": r.params,
-                             "value": values[r.name], "lo": lo, "hi": hi})
-    else:
-        frame = _aligned(values)
-        rows = [{"run": r.name, "model": r.model, "params": r.params,
-                 "value": float(frame[r.name].mean())}
-                for r in members if r.name in frame.columns and len(frame)]
+    """A curve whose points are each run's aggregate (corpus BLEU/chrF as in the tables) and
+    whose tests resample the per-example (sentence-level) scores."""
+    frame = _aligned(values) if values else None
+    den = None
+    if denominators is not None and frame is not None:
+        den = _aligned({n: denominators[n] for n in frame.columns}).reindex(frame.index)
+    rows = []
+    for r in members:
+        if metric in r.aggregate and r.aggregate[metric] is not None:
+            lo, hi = r.intervals.get(metric, (None, None))
+            rows.append({"run": r.name, "model": r.model, "params": r.params,
+                         "value": r.aggregate[metric], "lo": lo, "hi": hi})
+        elif frame is not None and r.name in frame.columns and len(frame):
+            value = frame[r.name].mean() / (den[r.name].mean() if den is not None else 1.0)
+            rows.append({"run": r.name, "model": r.model, "params": r.params, "value": float(value)})
     if not rows:
         return None
-    return scale.curve(metric, pd.DataFrame(rows), frame if frame is not None and len(frame) >= 2
-                       else None, cfg.plateau_threshold, specs.better(metric), cfg.bootstrap_samples,
-                       cfg.confidence, seed)
-
-
-_KIND_ORDER = {"concentration": 0, "quality": 1, "category": 2}
+    testable = frame is not None and len(frame) >= 2 and all(r["run"] in frame.columns for r in rows)
+    direction = "any" if denominators is not None else specs.better(metric)  # enrichment: descriptive
+    return scale.curve(metric, pd.DataFrame(rows), frame if testable else None, cfg.plateau_threshold,
+                       direction, cfg.bootstrap_samples, cfg.confidence, seed,
+                       alpha=cfg.alpha, denominator=den if testable else None,
+                       finding=metric in cfg.scale_findings)
 
 
 def _ordered(d: dict) -> dict:

@@ -12,11 +12,14 @@ to ``runs/<run>.json`` and the ``identity`` a trained model records in its ``run
 An output file that no identity accounts for is reported as *unrecorded* (see
 :func:`unrecorded_outputs`) rather than guessed at from its name.
 
-Replicates: runs that differ only by ``identity.seed`` are replicates of one cell (retrained
-with another seed, or the same model attributed twice with another explanation seed, which has
-no model folder of its own and uses the seedless run's model). The comparison uses one replicate
-per cell (the one without a seed, else the lowest seed) and uses the others only for the
-seed-to-seed noise floor of agreement.
+Replicates: runs that differ only by ``identity.seed`` are replicates of one cell: a study's
+``seeds`` retrain every cell once per seed (``<run>__s<seed>``). A replicate without a model
+folder of its own (a model attributed again by hand with another seed) uses the seedless run's
+model. The tests of differences use every seed of a cell, the training run being the unit of
+analysis (:mod:`tunelens.compare.distinct`), and the seed-to-seed noise floor of agreement
+compares the seeds of each cell.
+:func:`primary_runs` picks one replicate per cell (the one without a seed, else the lowest seed)
+for what is shown once per cell: the run tables, concentration, shares, the agreement matrix.
 """
 
 from __future__ import annotations
@@ -204,8 +207,10 @@ def primary_runs(runs: list[RunInfo]) -> list[RunInfo]:
     return sorted(best.values(), key=lambda r: r.name)
 
 
-def read_attributions(path: Path) -> pd.DataFrame:
-    """An attribution table with ``example_id`` as text and a category on every row."""
+def read_attributions(path: Path, target: str = "reference") -> pd.DataFrame:
+    """The rows of an attribution table explaining ``target`` ("reference" or "generation"),
+    with ``example_id`` as text and a category on every row. A table without a ``target``
+    column (written before explain could do both) holds reference rows only."""
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
@@ -214,6 +219,10 @@ def read_attributions(path: Path) -> pd.DataFrame:
     if missing:
         raise TunelensError(f"{path}: missing column(s) {', '.join(missing)}")
     frame = frame.copy()
+    if "target" not in frame.columns:
+        frame["target"] = "reference"
+    frame["target"] = frame["target"].fillna("reference").astype(str)
+    frame = frame[frame["target"] == target].copy()
     frame["example_id"] = frame["example_id"].astype(str)
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype(float)
     if "category" not in frame.columns:

@@ -12,8 +12,17 @@ values of an example are exchangeable, so swapping them within a pair (``permuta
 "samples"``) is the null; the statistic is mean(a - b) and the test is two-sided. It answers a
 slightly different question from Wilcoxon (means, not ranks), which is why both are reported.
 
+Effect = what was tested: each pair carries the Hodges–Lehmann estimate of the paired difference
+(the median of the Walsh averages of a − b, the estimate that goes with the signed-rank test) and
+its distribution-free interval from the signed-rank null distribution (exact up to 60 pairs, normal
+approximation above). A finding's direction is the sign of that estimate, not of the mean: with
+a = [0×9, 10], b = [0.1×9, 0] the mean difference is +0.91 but the ranks (and the estimate, −0.1)
+say b is higher.
+
 Multiplicity: the Holm family is the set of pairwise comparisons of one metric in one group
-(model × objective × rag). Each metric is its own question, so metrics are not pooled.
+(model × objective × rag). Each metric is its own question, so metrics are not pooled. Across the
+report every row also enters one Benjamini–Hochberg family (:mod:`tunelens.compare.multiplicity`),
+which is why each row is marked ``finding: true``.
 """
 
 from __future__ import annotations
@@ -64,6 +73,52 @@ def sign_flip_p(a, b, permutations: int, seed: int) -> float:
     return float(res.pvalue)
 
 
+def hodges_lehmann(d, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(estimate, lo, hi) of the centre of the paired differences ``d`` (Hodges & Lehmann 1963).
+
+    The interval is the usual one that inverts the signed-rank test: the Walsh averages between
+    the C-th smallest and C-th largest, C the lower critical value of the signed-rank statistic.
+    lo/hi are None when fewer than two differences are finite.
+    """
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), None, None
+    i, j = np.triu_indices(d.size)
+    walsh = np.sort((d[i] + d[j]) / 2.0)
+    estimate = float(np.median(walsh))
+    if d.size < 2:
+        return estimate, None, None
+    c = _signed_rank_critical(d.size, 1.0 - confidence)
+    return estimate, float(walsh[c]), float(walsh[walsh.size - 1 - c])
+
+
+def _signed_rank_critical(n: int, alpha: float) -> int:
+    """0-based index of the lower interval end: C_α − 1, with C_α the number of signed-rank sums k
+    with P(T+ <= k) <= alpha/2 (Hollander & Wolfe's C_α; 0 when none, giving the whole range)."""
+    m = n * (n + 1) // 2
+    if n <= 60:
+        counts = np.zeros(m + 1)
+        counts[0] = 1.0
+        for k in range(1, n + 1):
+            counts[k:] = counts[k:] + counts[:-k].copy()
+        cdf = np.cumsum(counts) / 2.0 ** n
+        c = int(np.searchsorted(cdf, alpha / 2.0, side="right"))  # cdf[c-1] <= alpha/2
+    else:
+        sd = np.sqrt(n * (n + 1) * (2 * n + 1) / 24.0)
+        c = int(np.floor(m / 2.0 - stats.norm.ppf(1 - alpha / 2.0) * sd))
+    return min(max(c - 1, 0), m // 2)
+
+
+def direction(estimate: float, tiebreak: float = 0.0) -> int:
+    """+1 when a is higher, −1 when b is, 0 when neither: the estimate decides, the tiebreak
+    (the rank-biserial r) only when the estimate is exactly 0."""
+    for v in (estimate, tiebreak):
+        if np.isfinite(v) and v != 0:
+            return 1 if v > 0 else -1
+    return 0
+
+
 def wilcoxon(a, b) -> tuple[float, float]:
     """(statistic, p) of the two-sided signed-rank test; p = 1 when no pair differs."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -93,7 +148,7 @@ def friedman(samples: list[np.ndarray]) -> dict | None:
 
 
 def compare_paired(values: dict[str, np.ndarray], alpha: float, permutations: int,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, confidence: float = 0.95) -> dict:
     """Friedman over all labels, then every pair: Wilcoxon + Holm, rank-biserial, permutation.
 
     ``values[label]`` are aligned arrays (same examples, same order). Pairs are ordered as the
@@ -110,10 +165,14 @@ def compare_paired(values: dict[str, np.ndarray], alpha: float, permutations: in
     for i, j in pairs:
         a, b = arrays[i], arrays[j]
         w_stat, w_p = wilcoxon(a, b)
+        hl, lo, hi = hodges_lehmann(a - b, confidence)
+        r = rank_biserial(a, b)
         rows.append({"a": labels[i], "b": labels[j], "mean_a": float(a.mean()), "mean_b": float(b.mean()),
                      "mean_diff": float((a - b).mean()), "wilcoxon_statistic": w_stat, "p": w_p,
-                     "rank_biserial": rank_biserial(a, b),
-                     "permutation_p": sign_flip_p(a, b, permutations, seed + len(rows))})
+                     "test": "wilcoxon", "estimate": hl, "estimate_kind": "hodges_lehmann",
+                     "ci_lo": lo, "ci_hi": hi, "direction": direction(hl, r), "rank_biserial": r,
+                     "permutation_p": sign_flip_p(a, b, permutations, seed + len(rows)),
+                     "single_seed": True, "finding": True})
     for key, adj in (("p", "p_holm"), ("permutation_p", "permutation_p_holm")):
         for row, p in zip(rows, holm([r[key] for r in rows]), strict=True):
             row[adj] = float(p)

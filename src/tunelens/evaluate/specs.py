@@ -70,6 +70,8 @@ _SPECS = (
     MetricSpec("gini", "unit", None, "concentration", "Gini"),
     MetricSpec("entropy", "unit", None, "concentration", "normalised entropy"),
     MetricSpec("top_k_share", "unit", None, "concentration", "top-k share"),
+    # Gini ÷ its expectation for as many exchangeable scores: 1 = as concentrated as noise
+    MetricSpec("gini_adjusted", "unit", None, "concentration", "adjusted Gini"),
 )
 METRICS: dict[str, MetricSpec] = {s.name: s for s in _SPECS}
 

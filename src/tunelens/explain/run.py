@@ -11,6 +11,13 @@ tokens (:mod:`tunelens.models.context`); a clause that does not fit is an error 
 example. ``truncated_chars`` in the sidecar records and ``truncated_examples`` in the summary
 count what was cut, with one warning per run.
 
+What is attributed (``config.target``): the reference rule, the model's own generation, or both
+— a run that writes wrong rules is explained on what it wrote as well as on what it should have.
+Both go into the one parquet, told apart by its ``target`` column (``reference`` or
+``generation``); a row whose generation is empty has no generation target and is counted in the
+summary (``generation_skipped``). Which rows are explained is a seeded sample stratified by topic
+and source (:mod:`tunelens.data.sample`), the same for every run of a study.
+
 Attribution is the slow stage of a study, so it is resumable: every finished example is appended
 to a sidecar file beside the output, tagged with a fingerprint of the *content* of the model's
 folders, the data and the settings (:func:`tunelens.fingerprint.fingerprint`); a rerun with the
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from tunelens.config import ExplanationConfig
 from tunelens.contracts import ClauseRow, check_unique_ids, read_rows
+from tunelens.data.sample import stratified_sample
 from tunelens.errors import TunelensError
 from tunelens.explain.api import attribute
 from tunelens.explain.heatmap import write_heatmap
@@ -37,7 +45,10 @@ from tunelens.models.loading import model_sources
 from tunelens.progress import item_bar
 
 COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score", "method",
-           "target_logprob")
+           "target_logprob", "target")
+# the targets each setting of ``ExplanationConfig.target`` attributes, in the order written
+TARGETS = {"reference": ("reference",), "generation": ("generation",),
+           "both": ("reference", "generation")}
 
 
 def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | None = None,
@@ -45,14 +56,14 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     """Attribute every example of ``data`` (dataset or predictions JSONL) for ``model``; write ``out``.
 
     ``model`` is a training run folder (full weights or an unmerged adapter) or any model path.
-    The target is the reference (``completion``/``reference``) or, with
-    ``config.target == "generation"``, the row's ``prediction``. Returns a summary dict.
+    The target is the reference (``completion``/``reference``), the row's ``prediction``
+    (``config.target == "generation"``) or each of them (``"both"``). Returns a summary dict.
     """
     config = config or ExplanationConfig()
     data, out = Path(data), Path(out)
     if out.suffix != ".parquet":
         raise TunelensError(f"{out}: the output must be a .parquet file")
-    examples = read_examples(data, config)
+    examples, skipped = read_examples(data, config)
     sidecar = out.with_name(f".{out.name}.partial.jsonl")
     stamp = _fingerprint(model, data, config)
     done = _resume(sidecar, stamp)
@@ -61,7 +72,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
 
     llm, tokenizer = load_for_inference(str(model))
     llm = place_on_device(llm)
-    todo = [ex for ex in examples if ex["example_id"] not in done]
+    todo = [ex for ex in examples if _key(ex) not in done]
     start = time.perf_counter()
     with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log, \
             warnings.catch_warnings():
@@ -72,21 +83,25 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
             record = _explain_one(llm, tokenizer, ex, config)
             log.write(dumps(record) + "\n")
             log.flush()
-            done[ex["example_id"]] = record
+            done[_key(ex)] = record
             bar.advance(task)
     seconds = time.perf_counter() - start
 
-    records = [done[ex["example_id"]] for ex in examples]
+    records = [done[_key(ex)] for ex in examples]
     heatmap = _write_outputs(out, records, model, config)
     sidecar.unlink(missing_ok=True)
-    truncated = sum(rec.get("truncated_chars", 0) > 0 for rec in records)
-    warn_truncated(truncated, len(records), "examples")
-    new = [done[ex["example_id"]] for ex in todo]
+    examples_seen = {rec["example_id"] for rec in records}  # both targets share one prompt
+    truncated = len({rec["example_id"] for rec in records if rec.get("truncated_chars", 0) > 0})
+    warn_truncated(truncated, len(examples_seen), "examples")
+    new = [done[_key(ex)] for ex in todo]
     return {
         "model": str(model),
         "out": str(out),
         "heatmap": str(heatmap) if heatmap else None,
-        "examples": len(records),
+        "examples": len(examples_seen),
+        "attributions": len(records),
+        "targets": list(TARGETS[config.target]),
+        "generation_skipped": skipped,
         "resumed": len(examples) - len(todo),
         "features": sum(len(rec["rows"]) for rec in records),
         "method": config.method,
@@ -97,31 +112,62 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     }
 
 
-def read_examples(data: Path, config: ExplanationConfig) -> list[dict]:
-    """The examples to explain: clause, target and the prompt the model saw, checked, ids unique.
+def read_examples(data: Path, config: ExplanationConfig) -> tuple[list[dict], int]:
+    """The examples to explain, one per sampled row and target, checked, ids unique; and how many
+    generation targets were left out because the row's generation is empty (or, with ``both``,
+    absent: a dataset file has references only).
 
     Rows are read through :func:`tunelens.contracts.read_rows` (a prompt that is not text is an
-    error naming ``file:line``, never read as text); the target field is checked here, as only
-    this stage knows which one it needs.
+    error naming ``file:line``, never read as text); the target fields are checked here, as only
+    this stage knows which ones it needs. The sample is drawn from every row, before the targets
+    are looked at, so each target of a study explains the same examples.
     """
-    rows = read_rows(data, ClauseRow)
-    key = "prediction" if config.target == "generation" else None
-    out, ids = [], []
-    for n, row in enumerate(rows, start=1):
-        field = key or next((k for k in ("completion", "reference") if getattr(row, k, None) is not None),
-                            None)
-        if field is None or getattr(row, field, None) is None:
-            wanted = "'prediction' (target: generation)" if key else "'completion' or 'reference'"
-            raise TunelensError(f"{row.where}: no {wanted} field to use as the target")
-        target = getattr(row, field)
-        if not isinstance(target, str) or not target:
-            raise TunelensError(f"{row.where}: '{field}' must be a non-empty string")
+    items, ids = [], []
+    for n, row in enumerate(read_rows(data, ClauseRow), start=1):
         example_id = str(n) if row.id is None else row.id
         ids.append((example_id, row.where))
-        out.append({"example_id": example_id, "clause": row.prompt, "target": target,
-                    "rendered": getattr(row, "rendered_prompt", None)})
+        items.append({"example_id": example_id, "clause": row.prompt, "topic": row.topic,
+                      "source": row.source, "rendered": getattr(row, "rendered_prompt", None),
+                      "targets": _targets(row, config.target)})
     check_unique_ids(ids)
-    return out[:config.max_examples] if config.max_examples else out
+    out, skipped = [], 0
+    for item in stratified_sample(items, config.max_examples, config.sample_seed):
+        for kind, text in item["targets"]:
+            if not text:
+                skipped += 1
+                continue
+            out.append({"example_id": item["example_id"], "clause": item["clause"], "kind": kind,
+                        "target": text, "rendered": item["rendered"]})
+    return out, skipped
+
+
+def _targets(row: ClauseRow, target: str) -> list[tuple[str, str | None]]:
+    """(kind, text) of each target ``row`` is explained on; an empty text is skipped later."""
+    out = []
+    for kind in TARGETS[target]:
+        if kind == "reference":
+            field = next((k for k in ("completion", "reference") if getattr(row, k, None) is not None),
+                         None)
+            if field is None:
+                raise TunelensError(f"{row.where}: no 'completion' or 'reference' field to use as "
+                                    "the target")
+            text = getattr(row, field)
+            if not isinstance(text, str) or not text:
+                raise TunelensError(f"{row.where}: '{field}' must be a non-empty string")
+        else:
+            text = getattr(row, "prediction", None)
+            if text is None and target == "generation":
+                raise TunelensError(f"{row.where}: no 'prediction' field (target: generation) to "
+                                    "use as the target")
+            if text is not None and not isinstance(text, str):
+                raise TunelensError(f"{row.where}: 'prediction' must be a string")
+        out.append((kind, text))
+    return out
+
+
+def _key(example: dict) -> tuple[str, str]:
+    """An attribution's identity within a run: the same example explained on two targets is two."""
+    return (example.get("kind", "reference"), example["example_id"])
 
 
 def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
@@ -152,8 +198,10 @@ def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
         start, end = max(s - lo, 0), min(e - lo, len(clause))
         rows.append({"example_id": ex["example_id"], "position": j, "token": token, "start": start,
                      "end": end, "category": category_at(tags, start, end), "score": float(score),
-                     "method": result.method, "target_logprob": result.target_logprob})
-    record = {"example_id": ex["example_id"], "clause": clause, "target": ex["target"],
+                     "method": result.method, "target_logprob": result.target_logprob,
+                     "target": ex["kind"]})
+    record = {"example_id": ex["example_id"], "kind": ex["kind"], "clause": clause,
+              "target": ex["target"],
               "target_logprob": result.target_logprob, "rows": rows,
               "forward_passes": result.forward_passes, "perturbations": result.perturbations}
     if result.truncated_chars:
@@ -188,6 +236,8 @@ def _write_outputs(out: Path, records: list[dict], model: str, config: Explanati
     _write_parquet(out, [row for rec in records for row in rec["rows"]])
     if not config.heatmap:
         return None
+    if len(TARGETS[config.target]) > 1:  # say which target each heat-map explains
+        records = [{**rec, "example_id": f"{rec['example_id']} · {rec['kind']}"} for rec in records]
     return write_heatmap(out.with_suffix(".html"), records, title=f"attributions: {Path(str(model)).name}",
                          method=config.method, granularity=config.granularity, baseline=config.baseline)
 
@@ -198,7 +248,7 @@ def _write_parquet(out: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows, columns=list(COLUMNS)).astype(
         {"example_id": "string", "position": "int32", "token": "string", "start": "int32",
          "end": "int32", "category": "string", "score": "float64", "method": "string",
-         "target_logprob": "float64"}
+         "target_logprob": "float64", "target": "string"}
     )
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -233,7 +283,7 @@ def _resume(sidecar: Path, stamp: str) -> dict[str, dict]:
             record = loads(line)
         except JSONProblem:  # a line cut short by the interruption
             break
-        done[record["example_id"]] = record
+        done[_key(record)] = record
     return done
 
 

@@ -28,11 +28,20 @@ from tunelens.progress import item_bar
 CARRIED = ("topic", "source")
 
 
-def read_examples(data: Path, max_examples: int | None = None) -> list[ClauseRow]:
+def read_examples(data: Path, max_examples: int | None = None, sample_seed: int = 0) -> list[ClauseRow]:
     """Rows with an ``id`` and a text ``prompt`` (a number is refused, not read as text), ids
-    unique (predictions join on them); any problem is one line naming ``file:line``."""
+    unique (predictions join on them); any problem is one line naming ``file:line``.
+
+    ``max_examples`` takes a seeded sample stratified by topic and source
+    (:func:`tunelens.data.sample.stratified_sample`), the same whatever the row order: the first
+    N rows of the bundled test split are all hand-written clauses."""
+    from tunelens.data.sample import stratified_sample
+
     rows = read_rows(data, ClauseRow, require=("id",), unique_ids=True)
-    return rows[:max_examples] if max_examples else rows
+    if not max_examples or max_examples >= len(rows):
+        return rows
+    items = [{"example_id": str(r.id), "topic": r.topic, "source": r.source, "row": r} for r in rows]
+    return [item["row"] for item in stratified_sample(items, max_examples, sample_seed)]
 
 
 def generate_predictions(model: str, data: Path, out: Path, config: GenerationConfig | None = None,
@@ -46,7 +55,7 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
     """
     config = config or GenerationConfig()
     data, out = Path(data), Path(out)
-    rows = read_examples(data, config.max_examples)
+    rows = read_examples(data, config.max_examples, config.sample_seed)
     retriever, rag_k = _retriever(rag_index, rag_k)  # before the model: a bad index fails fast
 
     from tunelens.models.loading import load_for_inference, place_on_device

@@ -61,9 +61,13 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
         "tests": [t for t in tests if t["significant"]],
         "other_tests": [t for t in tests if not t["significant"]],
         "category_tests": _tests(stats["tests"], categories=True),
+        "enrichment": stats["category_shares"].get("enrichment") or {},
+        "enrichment_categories": [c for c in stats["category_shares"]["categories"] if c != "OTHER"],
         "alpha": stats["tests"]["alpha"],
+        "family": stats["tests"].get("family"),
         "top_k": stats["concentration"]["top_k"],
         "concentration": stats["concentration"]["per_run"],
+        "feature_level": stats["concentration"].get("feature_level", "token"),
         "scale": _scale(stats["scale"]),
         "n_sizes": len({v for v in stats["runs"]["sizes"].values() if v}),
         "agreement": stats["agreement"]["pairs"],
@@ -167,19 +171,28 @@ def _tests(tests: dict, categories: bool) -> list[dict]:
             for r in m["pairwise"]:
                 rows.append({"where": where, "metric": metric, "friedman": friedman, "a": r["a"], "b": r["b"],
                              "mean_a": r["mean_a"], "mean_b": r["mean_b"], "p_holm": r["p_holm"],
-                             "perm": r["permutation_p_holm"], "r": r["rank_biserial"], "n": m["n"],
-                             "significant": r["significant"]})
+                             "perm": r.get("permutation_p_holm"), "r": r["rank_biserial"], "n": m["n"],
+                             "significant": r["significant"], "p_bh": r.get("p_bh"),
+                             "estimate": r.get("estimate"), "ci": [r.get("ci_lo"), r.get("ci_hi")],
+                             "test": r.get("test", "wilcoxon"), "single_seed": r.get("single_seed", True)})
     return rows
 
 
 def _scale(scale: dict) -> list[dict]:
     rows = []
     for c in scale["curves"]:
-        fit = c["fit"] or {}
-        slope = {"mean": fit.get("slope"), "lo": fit.get("slope_lo"), "hi": fit.get("slope_hi")}
+        fit, trend = c["fit"] or {}, c.get("trend") or {}
+        slope = {"mean": trend.get("slope", fit.get("slope")), "lo": trend.get("lo"), "hi": trend.get("hi")}
+        level = " (sentence-level test)" if c.get("test_level") == "sentence" else ""
+        plateau = c["plateau"] if c.get("verdict") == "plateau" else {}
+        verdict = c.get("verdict")
+        tested = plateau if verdict == "plateau" else trend if verdict in ("rising", "falling") else {}
+        if tested.get("significant") is False:  # its test did not survive the report-wide correction
+            verdict = f"{verdict} (not significant after correction)"
         rows.append({"who": f"{c['strategy']} · {c['objective']}" + (" · rag" if c["rag"] else ""),
-                     "metric": c["metric"], "n": len(c["points"]), "slope": slope, "r2": fit.get("r2"),
-                     "plateau": c["plateau"]["size"], "support": c["plateau"]["support"]})
+                     "metric": c["metric"] + level, "n": len(c["points"]), "slope": slope,
+                     "r2": fit.get("r2"), "p": trend.get("p"), "verdict": verdict,
+                     "plateau": plateau.get("size"), "support": plateau.get("support")})
     return rows
 
 

@@ -13,6 +13,14 @@ almost all of them find nothing; listing each as a sentence buries the few that 
   with n paired examples the smallest two-sided Wilcoxon p is 2/2^n, and Holm multiplies the
   smallest p of a family of m comparisons by m.
 
+A difference is stated only if it survived both Holm within its family and the report-wide
+Benjamini–Hochberg family (``significant`` in ``stats/tests.json``, set by
+:mod:`tunelens.compare.multiplicity`). Its direction is the sign of the estimate that goes with
+the test (Hodges–Lehmann for the signed-rank test, the difference of means for the seed-level
+t-test), never of a statistic the test did not look at. A difference from one seed per strategy
+says so in its sentence and is never a headline: one training run cannot separate a strategy from
+its seed.
+
 Nothing here computes a statistic: every number comes from ``stats/tests.json``.
 """
 
@@ -42,6 +50,14 @@ KIND_WORDS = {"concentration": "attribution-concentration", "quality": "quality"
               "category": "token-category"}
 
 
+def _dir(row: dict) -> int:
+    """+1 when ``a`` is higher by the test's own estimate (older files: the mean difference)."""
+    d = row.get("direction")
+    if d is None:
+        d = (row["mean_diff"] > 0) - (row["mean_diff"] < 0)
+    return int(d)
+
+
 def _sign(kind: str, metric: str) -> int:
     return CONCENTRATION_SIGN.get(metric, 1) if kind == "concentration" else 1
 
@@ -51,7 +67,8 @@ def _lead_rank(kind: str, metric: str, row: dict) -> tuple:
         return (list(CONCENTRATION_SIGN).index(metric) if metric in CONCENTRATION_SIGN else 9, metric)
     if kind == "quality":
         return (QUALITY_PREFERENCE.index(metric) if metric in QUALITY_PREFERENCE else 99, metric)
-    return (-abs(row["mean_diff"]), metric)  # categories: the largest shift of share leads
+    # categories: the largest shift of share leads
+    return (-abs(row.get("estimate", row["mean_diff"])), metric)
 
 
 def comparisons(tests: dict, kind: str, skip: set[str]):
@@ -86,6 +103,7 @@ class _Seen:
     row: dict
     n: int
     more_is_a: bool
+    single_seed: bool = False
     also: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction note)
 
 
@@ -104,10 +122,10 @@ def significant_differences(tests: dict, skip: set[str] = frozenset()) -> list[F
             g = groups[gid]
             hits.sort(key=lambda h: _lead_rank(kind, h[0], h[2]))
             metric, m, row = hits[0]
-            lead_up = _sign(kind, metric) * row["mean_diff"] > 0  # a is "more" on the lead metric
-            seen = _Seen(g["model"], row, m["n"], lead_up)
+            lead_up = _sign(kind, metric) * _dir(row) > 0  # a is "more" on the lead metric
+            seen = _Seen(g["model"], row, m["n"], lead_up, bool(row.get("single_seed")))
             for other, _, r in hits[1:]:
-                up = _sign(kind, other) * r["mean_diff"] > 0
+                up = _sign(kind, other) * _dir(r) > 0
                 if kind == "category":
                     note = "more" if up == lead_up else "less"
                 else:
@@ -120,8 +138,9 @@ def significant_differences(tests: dict, skip: set[str] = frozenset()) -> list[F
     for (kind, metric, more, less, setting), seen in merged.items():
         best_p = min(s.row["p_holm"] for s in seen)
         strength = max(abs(s.row["rank_biserial"]) for s in seen)
-        text = _sentence(kind, metric, more, less, setting, seen)
-        finding = Finding("difference", text, True, topic=kind)
+        text = _sentence(kind, metric, more, less, setting, seen, tests.get("confidence", 0.95))
+        single = any(s.single_seed for s in seen)
+        finding = Finding("difference", text, True, headline=not single, topic=kind)
         out.append((KINDS.index(kind), best_p, -strength, -len(seen), finding))
     out.sort(key=lambda t: t[:4])
     return [t[-1] for t in out]
@@ -134,10 +153,30 @@ def _numbers(kind: str, metric: str, s: _Seen, label: bool) -> tuple[str, str, s
     values = f"{pct(hi)} vs {pct(lo)}" if kind == "category" else f"{fmt(hi, metric)} vs {fmt(lo, metric)}"
     if label and kind == "concentration":
         values = f"{metric_label(metric)} {values}"
+    if _sign(kind, metric) * (hi - lo) < 0:  # ranks and means can disagree (a few large differences)
+        values += " (means, which point the other way)"
+    estimate = _estimate(kind, metric, r, 1 if s.more_is_a else -1)
+    if estimate:
+        values = f"{values}, {estimate}"
     return values, fmt_p(r["p_holm"]), f"r = {fmt(effect)}"
 
 
-def _sentence(kind: str, metric: str, more: str, less: str, setting: str, seen: list[_Seen]) -> str:
+def _estimate(kind: str, metric: str, r: dict, sign: int) -> str:
+    """The tested effect, turned towards the "more" side, with its interval."""
+    if r.get("estimate") is None:
+        return ""
+    show = (lambda v: pct(v)) if kind == "category" else (lambda v: fmt(v, metric))
+    name = "Hodges–Lehmann difference" if r.get("estimate_kind") == "hodges_lehmann" else "difference"
+    text = f"{name} {show(sign * r['estimate'])}"
+    lo, hi = r.get("ci_lo"), r.get("ci_hi")
+    if lo is not None and hi is not None:
+        lo, hi = sorted((sign * lo, sign * hi))
+        text += f" [{show(lo)}, {show(hi)}]"
+    return text
+
+
+def _sentence(kind: str, metric: str, more: str, less: str, setting: str, seen: list[_Seen],
+              confidence: float = 0.95) -> str:
     if kind == "concentration":
         subject = f"{strategy(more)} attributions are more concentrated than {strategy(less)}"
     elif kind == "quality":
@@ -159,7 +198,14 @@ def _sentence(kind: str, metric: str, more: str, less: str, setting: str, seen: 
             f"n = {join([str(s.n) for s in seen])} paired examples"
         text = f"{subject} on {join(parts)}; p Holm-adjusted, {n}"
     also = _also(kind, seen)
-    return text + (f"; {also}" if also else "") + "."
+    text += f"; {also}" if also else ""
+    if any(s.single_seed for s in seen):
+        text += ("; one seed per strategy, so the test is over examples of a single training run "
+                 "and cannot tell the strategy from its seed")
+    else:
+        text += (f"; seeds are the replicates ({pct(confidence)} intervals from a hierarchical "
+                 "bootstrap over seeds, then examples)")
+    return text + "."
 
 
 def _also(kind: str, seen: list[_Seen]) -> str:
@@ -203,7 +249,8 @@ def not_significant(tests: dict, skip: set[str] = frozenset()) -> list[Finding]:
             over = f"over {plural(len(metrics), 'category', 'categories')}"
         text = (f"{what} reached significance ({plural(len(misses), 'comparison')} {over}; smallest "
                 f"Holm-adjusted {fmt_p(smallest)})")
-        if all(_floor(m["n"], len(m["pairwise"])) >= alpha for _, m, _ in misses):
+        if all(m.get("single_seed", True) and _floor(m["n"], len(m["pairwise"])) >= alpha
+               for _, m, _ in misses):
             text += "; at these sample sizes none could have (see the note on sample size)"
         out.append(Finding("summary", text + ".", headline=False))
     return out
@@ -221,7 +268,7 @@ def too_small(tests: dict, skip: set[str] = frozenset()) -> list[Finding]:
     for kind in KINDS:
         for g in tests["groups"]:
             for metric, m in g["metrics"].items():
-                if m["kind"] != kind or metric in skip or not m["pairwise"]:
+                if m["kind"] != kind or metric in skip or not m["pairwise"] or not m.get("single_seed", True):
                     continue
                 n, pairs = m["n"], len(m["pairwise"])
                 if _floor(n, pairs) >= alpha and kind not in blocked.setdefault((n, pairs), []):

@@ -46,7 +46,10 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
     strategies = _ordered_unique((runs[r]["strategy"] for r in per_example), key=strategy_key)
     models = _ordered_unique((runs[r]["model"] for r in per_example),
                              key=lambda m: stats["runs"]["sizes"].get(m) or 0)
-    metrics = stats["concentration"]["metrics"]
+    metrics = list(stats["concentration"]["metrics"])
+    adjusted = stats["concentration"].get("adjusted")
+    if adjusted and any(row.get(adjusted) is not None for rows in per_example.values() for row in rows):
+        metrics.append(adjusted)  # comparable across feature counts: 1 = as concentrated as noise
     fig = Figure(figsize=(4.2 * len(metrics), 3.6))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     rng = np.random.default_rng(0)
@@ -70,6 +73,8 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
         if metric == "top_k_share":
             label = f"top-{stats['concentration']['top_k']} share"
         ax.set_title(f"{label} of |score|", fontsize=10)
+        if metric == adjusted:
+            ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
         ax.grid(axis="y", alpha=0.3)
     if len(models) > 1:
         handles = [Line2D([], [], marker="o", linestyle="", color=PALETTE[j % len(PALETTE)])
@@ -86,9 +91,12 @@ def categories(stats: dict, path: Path, dpi: int) -> Path | None:
         return None
     cats = shares["categories"]
     panels = [("per strategy", shares["per_strategy"]), ("per model (by size)", shares["per_model"])]
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2, squeeze=False)[0]
-    for ax, (title, table) in zip(axes, panels, strict=True):
+    enriched = any(v.get("enrichment") for v in shares["per_model"].values())
+    fig = Figure(figsize=(15 if enriched else 10, 3.8))
+    axes = fig.subplots(1, 3 if enriched else 2, squeeze=False)[0]
+    if enriched:
+        _enrichment_panel(axes[2], shares)
+    for ax, (title, table) in zip(axes[:2], panels, strict=True):
         labels = [_size_label(k, v.get("params")) if "params" in v else k for k, v in table.items()]
         bottom = np.zeros(len(table))
         for c in cats:
@@ -100,8 +108,30 @@ def categories(stats: dict, path: Path, dpi: int) -> Path | None:
         ax.set_ylabel("share of |attribution|")
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    axes[1].legend(*axes[1].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False, fontsize=8)
+    if enriched:  # the legend sits between the share panels and the enrichment panel
+        fig.subplots_adjust(wspace=0.65)
     return _save(fig, path, dpi)
+
+
+def _enrichment_panel(ax, shares: dict) -> None:
+    """Enrichment per category (share of |attribution| ÷ share of features) across models by size:
+    1 is "attributed in proportion to how many features the category has"."""
+    table = shares["per_model"]
+    labels = [_size_label(k, v.get("params")) for k, v in table.items()]
+    x = np.arange(len(labels))
+    for c in shares["categories"]:
+        ys = np.array([v["enrichment"].get(c) for v in table.values()], dtype=float)  # None -> nan
+        if np.isfinite(ys).any():
+            ax.plot(x, ys, "o-", color=CATEGORY_COLOURS.get(c, "#999999"), label=c, linewidth=1.2)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("share of |attribution| ÷ share of features", fontsize=8)
+    level = "words" if shares.get("feature_level") == "word" else "tokens"
+    ax.set_title(f"enrichment per model ({level})", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(alpha=0.3)
 
 
 def scale(stats: dict, metrics: list[str], path: Path, dpi: int) -> Path | None:
@@ -125,7 +155,8 @@ def scale_figure(stats: dict, metrics: list[str]) -> Figure | None:
         ax.set_xscale("log")
         _size_ticks(ax, [p["params"] for c in mine for p in c["points"]])
         ax.set_xlabel("parameters")
-        ax.set_title(specs.label(metric), fontsize=10)
+        level = " (corpus)" if any(c.get("level") == "corpus" for c in mine) else ""
+        ax.set_title(specs.label(metric) + level, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     return fig
@@ -143,10 +174,14 @@ def _scale_curve(ax, c: dict, colour: str) -> None:
         grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
         ax.plot(grid, c["fit"]["intercept"] + c["fit"]["slope"] * np.log10(grid), "--",
                 color=colour, alpha=0.8)
-    if c["plateau"]["size"] is not None:
+    # a plateau is marked only where its test passed (a rise, then flat); "did not learn" says so
+    verdict = c.get("verdict", "plateau" if c["plateau"]["size"] is not None else None)
+    if verdict == "plateau" and c["plateau"]["size"] is not None:
         ax.axvline(c["plateau"]["size"], color=colour, linestyle=":", alpha=0.9)
         ax.annotate("plateau", (c["plateau"]["size"], ax.get_ylim()[1]), color=colour,
                     fontsize=7, rotation=90, va="top", ha="right")
+    elif verdict == "did not learn":
+        ax.annotate("did not learn", (xs[-1], ys[-1]), color=colour, fontsize=7, va="bottom", ha="right")
 
 
 def _size_ticks(ax, sizes: list[float]) -> None:
@@ -196,8 +231,10 @@ def agreement(stats: dict, path: Path, dpi: int) -> Path | None:
 
 
 def training(stats: dict, path: Path, dpi: int) -> Path | None:
-    """Training loss per logging step, one line per trained run."""
-    runs = [r for r in stats["runs"]["runs"] if r.get("train_loss") and r["seed"] is None and not r["rag"]]
+    """Training loss per logging step, one line per trained cell (its primary seed)."""
+    primary = set(stats["runs"].get("primary", []))
+    runs = [r for r in stats["runs"]["runs"]
+            if r.get("train_loss") and r["name"] in primary and not r["rag"]]
     if not runs:
         return None
     fig = Figure(figsize=(7, 3.4))

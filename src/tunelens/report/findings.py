@@ -11,7 +11,6 @@ number comes from ``stats/*.json``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from tunelens.compare.runs import strategy_key
@@ -21,19 +20,19 @@ from tunelens.report.differences import (
     significant_differences,
     too_small,
 )
-from tunelens.report.figures import human_count
-from tunelens.report.wording import Finding, capital, fmt, join, metric_label, pct, plural, strategy
+from tunelens.report.trends import reliance, reliance_trends, scale_findings
+from tunelens.report.wording import Finding, fmt, fmt_p, join, plural, strategy
 
-PLATEAU_SUPPORT = 0.5  # a plateau found on fewer resamples than this is left to the scale table
 REQUIRED = ("failures", "best", "summary", "sample", "zero")  # never left out for the cap
 # what fills the rest of the cap, most wanted first; one of each kind before a second of any
 OPTIONAL = ("difference", "reliance", "trend", "plateau", "agreement", "other_trends")
 # the bullets after the headline: what found nothing, the study's limits, then the rest
-CONTEXT_ORDER = ("summary", "sample", "zero", "reliance", "agreement", "other_trends")
+CONTEXT_ORDER = ("difference", "summary", "sample", "zero", "reliance", "trend", "plateau", "agreement",
+                 "other_trends")
 LEFT_OUT_WORDS = {"difference": ("significant difference", "tests"), "trend": ("scale trend", "scale"),
                   "plateau": ("plateau", "scale"), "reliance": ("category summary", "categories"),
                   "agreement": ("agreement summary", "agreement"),
-                  "other_trends": ("note on scale slopes", "scale")}
+                  "other_trends": ("scale note", "scale")}
 
 
 @dataclass
@@ -65,7 +64,10 @@ def main_metric(runs: dict, zero: list[str]) -> str | None:
     return None
 
 
-def best_run(runs: dict, metric: str, zero: list[str]) -> Finding | None:
+def best_run(runs: dict, metric: str, zero: list[str], test: dict | None = None) -> Finding | None:
+    """The best run on the main metric (corpus score, as in the tables), then ``test``: the top
+    cell against the runner-up by a paired test (``tests.json["best"][metric]``), not by whether
+    marginal intervals overlap."""
     rows = sorted((r for r in _primary(runs) if (r["aggregate"] or {}).get(metric) is not None),
                   key=lambda r: -r["aggregate"][metric])
     if not rows:
@@ -86,111 +88,28 @@ def best_run(runs: dict, metric: str, zero: list[str]) -> Finding | None:
         low = rows[-1]
         text += f"; the lowest is {low['name']} at {fmt(low['aggregate'][metric], metric)}"
     text += "."
-    others = [r["intervals"].get(metric) for r in rows[1:]]
-    others = [o for o in others if o]
-    if iv and others:
-        overlap = sum(1 for lo, hi in others if hi >= iv[0] and lo <= iv[1])
-        if overlap == len(others):
-            text += (f" Its interval overlaps those of all {plural(len(others), 'other run')}, so no run is "
-                     "clearly best.")
-        elif overlap:
-            text += f" Its interval overlaps those of {overlap} of the other {plural(len(others), 'run')}."
-        else:
-            text += " Its interval overlaps no other run's."
+    if test:
+        text += " " + _runner_up(metric, test)
     return Finding("best", text)
 
 
-def reliance(shares: dict) -> Finding | None:
-    """What each strategy puts most attribution on, OTHER aside (it is every token not in a rule)."""
-    per = shares.get("per_strategy") or {}
-    tops: dict[str, tuple[str, float]] = {}
-    for name, row in per.items():
-        named = {c: v for c, v in row["shares"].items() if c != "OTHER" and v is not None}
-        if named:
-            tops[name] = max(named.items(), key=lambda kv: kv[1])
-    if not tops:
-        return None
-    other = [row["shares"].get("OTHER") for row in per.values() if row["shares"].get("OTHER") is not None]
-    other_text = f"; OTHER tokens take {_span(other)}" if other else ""
-    cats = {c for c, _ in tops.values()}
-    if len(cats) == 1:
-        cat = cats.pop()
-        who = "Every strategy relies" if len(tops) > 1 else f"{capital(strategy(next(iter(tops))))} relies"
-        share = _span([v for _, v in tops.values()])
-        return Finding("reliance", f"{who} most on {cat} tokens among the rule categories ({share} of "
-                       f"attribution, mean over runs{other_text}).", headline=False)
-    parts = []
-    for cat in sorted(cats, key=lambda c: min(strategy_key(s) for s, (k, _) in tops.items() if k == c)):
-        names = [s for s, (k, _) in tops.items() if k == cat]
-        values = ", ".join(pct(tops[s][1]) for s in names)
-        parts.append(f"{join([strategy(s) for s in names])} on {cat} ({values})")
-    return Finding("reliance", f"The strategies rely most on different token categories (largest share of "
-                   f"attribution outside OTHER, mean over runs): {join(parts)}.")
-
-
-def _span(values: list[float]) -> str:
-    lo, hi = min(values), max(values)
-    return pct(lo) if pct(lo) == pct(hi) else f"{pct(lo)} to {pct(hi)}"
-
-
-def scale_findings(scale: dict, metrics: list[str]) -> list[Finding]:
-    """Slopes whose interval excludes zero, plateaus with enough support, one line for the rest."""
-    curves = [c for c in scale["curves"] if c["metric"] in metrics and c["fit"]]
-    varies = len({(c["objective"], c["rag"]) for c in curves}) > 1
-    trends: dict[tuple, list[dict]] = {}
-    flat: dict[str, list[dict]] = {}
-    unclear = []
-    for c in curves:
-        lo, hi = c["fit"].get("slope_lo"), c["fit"].get("slope_hi")
-        if lo is not None and hi is not None and (lo > 0 or hi < 0):
-            trends.setdefault((c["metric"], lo > 0), []).append(c)
-        else:
-            unclear.append(c)
-        p = c["plateau"]
-        if p["size"] is not None and (p["support"] is None or p["support"] >= PLATEAU_SUPPORT):
-            flat.setdefault(c["metric"], []).append(c)
-    out = []
-    for (metric, up), cs in trends.items():
-        parts = []
-        for i, c in enumerate(cs):
-            fit = c["fit"]
-            slope, lo, hi = (_slope(fit[k], fit["slope"]) for k in ("slope", "slope_lo", "slope_hi"))
-            first = i == 0
-            unit = " per decade of parameters" if first else ""
-            level = f"{pct(scale['confidence'])} " if first else ""
-            parts.append(f"{_who(c, varies)} ({slope}{unit}, {level}CI {lo} to {hi})")
-        sizes = [p["params"] for c in cs for p in c["points"]]
-        out.append(Finding("trend", f"{metric_label(metric)} {'rises' if up else 'falls'} with model size "
-                           f"for {join(parts)}, across {human_count(min(sizes))} to "
-                           f"{human_count(max(sizes))} parameters."))
-    for metric, cs in flat.items():
-        parts = []
-        for c in cs:
-            p = c["plateau"]
-            support = "" if p["support"] is None else f" (in {pct(p['support'])} of resamples)"
-            parts.append(f"for {_who(c, varies)} from {human_count(p['size'])} parameters{support}")
-        verb = "stops gaining (less than" if cs[0].get("direction", "higher") == "higher" else \
-            "stops changing (by less than"
-        out.append(Finding("plateau", f"{metric_label(metric)} {verb} {scale['threshold_per_decade']} per "
-                           f"decade of parameters) {join(parts)}."))
-    if unclear and (trends or flat):
-        names = [f"{metric_label(c['metric'])} for {_who(c, varies)}" for c in unclear]
-        out.append(Finding("other_trends", f"The other scale slopes ({join(names)}) have intervals that "
-                           "include zero.", headline=False))
-    return out
-
-
-def _slope(x: float, scale: float) -> str:
-    """A slope or its bound with as many decimals as three significant digits of the slope need."""
-    digits = 2 if scale == 0 else max(0, 2 - math.floor(math.log10(abs(scale))))
-    return f"{x:+.{digits}f}".replace("-", "−")
-
-
-def _who(c: dict, varies: bool) -> str:
-    who = strategy(c["strategy"])
-    if varies:
-        who += f" ({c['objective']}{', with retrieval' if c['rag'] else ''})"
-    return who
+def _runner_up(metric: str, t: dict) -> str:
+    """The paired test of the top cell against the runner-up, in one sentence."""
+    if t["direction"] < 0:  # the estimate the test goes with disagrees with the ranking by mean
+        t = {**t, "significant": False}
+    est = fmt(abs(t["estimate"]), metric)
+    ci = ""
+    if t.get("ci_lo") is not None and t.get("ci_hi") is not None:
+        ci = f" [{fmt(t['ci_lo'], metric)}, {fmt(t['ci_hi'], metric)}]"
+    how = ("seeds as replicates" if not t["single_seed"] else
+           f"one seed per cell, {t['n']} paired examples")
+    verdict = ("so it is ahead" if t["significant"] else
+               "so no cell is clearly best")
+    if t["single_seed"] and t["significant"]:
+        verdict += ", though with one seed per cell this may be the seed rather than the setting"
+    return (f"On per-example (sentence-level) scores the top cell, {t['best']}, leads the runner-up, "
+            f"{t['runner_up']}, by {est}{ci} ({t['test']}, {how}; {fmt_p(t['p_holm'])}, "
+            f"{fmt_p(t.get('p_bh'))} report-wide): {verdict}.")
 
 
 def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
@@ -220,6 +139,9 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     if not floor:
         return Finding("agreement", text + "; no repeated seeds, so no noise floor to compare with.",
                        headline=False)
+    if floor.get("degenerate"):
+        return Finding("agreement", text + "; the seeds of a cell give identical attributions (no seed "
+                       "variation), so there is no noise floor to compare with.", headline=False)
     f_rho = floor["spearman"]["mean"]
     below = [(x, y) for x, y, p in pairs
              if (p["spearman"]["hi"] if p["spearman"]["hi"] is not None else p["spearman"]["mean"]) < f_rho]
@@ -256,10 +178,29 @@ def overview(stats: dict) -> str:
     primary = [r for r in _primary(runs) if r["has_metrics"] or r["has_attributions"]]
     models = sorted({r["model"] for r in primary}, key=lambda m: (runs["sizes"].get(m) or 0, m))
     strategies = sorted({r["strategy"] for r in primary}, key=strategy_key)
-    return (f"{len(primary)} runs over {plural(len(models), 'model')} ({', '.join(models)}) and "
+    cells = {r["cell"] for r in primary if "cell" in r}
+    every = [r for r in runs["runs"]
+             if r.get("cell") in cells and (r["has_metrics"] or r["has_attributions"])]
+    what = f"{len(primary)} runs" if len(every) <= len(primary) else (
+        f"{len(primary)} cells ({len(every)} training runs, seeds as replicates; tables show each cell's "
+        "first seed)")
+    return (f"{what} over {plural(len(models), 'model')} ({', '.join(models)}) and "
             f"{plural(len(strategies), 'strategy', 'strategies')} ({', '.join(strategies)}); "
             f"{runs['n_attributed']} with attributions; significance level {stats['tests']['alpha']} after "
-            "Holm correction.")
+            f"Holm correction{family_words(stats['tests'].get('family'))}.")
+
+
+def family_words(family: dict | None) -> str:
+    """The report-wide Benjamini–Hochberg family in words (empty for statistics without one)."""
+    if not family:
+        return ""
+    if family["bh_threshold"] is None:
+        cut = "none reaches its threshold"
+    else:
+        cut = f"threshold p ≤ {family['bh_threshold']:.3g}"
+    return (f", and a false discovery rate of {family['q']} over all {plural(family['tests'], 'test')} "
+            f"a finding could come from (Benjamini–Hochberg over "
+            f"{plural(family.get('families', family['tests']), 'family', 'families')}; {cut})")
 
 
 def digest(stats: dict, scale_metrics: list[str], cap: int = 12) -> Digest:
@@ -275,8 +216,10 @@ def digest(stats: dict, scale_metrics: list[str], cap: int = 12) -> Digest:
     skip = set(zero)
     main = main_metric(runs, zero)
     chosen = list(dict.fromkeys([m for m in [*scale_metrics, main] if m and m not in skip]))
+    best_test = (tests.get("best") or {}).get(main)
     candidates = [*failure_findings(runs), *significant_differences(tests, skip),
-                  best_run(runs, main, zero) if main else None, reliance(stats["category_shares"]),
+                  best_run(runs, main, zero, best_test) if main else None, reliance(stats["category_shares"]),
+                  *reliance_trends(stats["scale"]),
                   *scale_findings(stats["scale"], chosen), agreement_finding(stats["agreement"], runs),
                   *not_significant(tests, skip), *too_small(tests, skip), zero_finding(zero)]
     candidates = [f for f in candidates if f is not None]
@@ -300,12 +243,18 @@ def digest(stats: dict, scale_metrics: list[str], cap: int = 12) -> Digest:
                 keep.append(f)
     chosen_ids = {id(f) for f in required + keep}
     shown = [f for f in candidates if id(f) in chosen_ids]  # reading order, not selection order
-    context = sorted((f for f in shown if not f.headline), key=lambda f: CONTEXT_ORDER.index(f.kind))
+    context = sorted((f for f in shown if not f.headline), key=_context_rank)
     out = Digest(overview(stats), [f for f in shown if f.headline], context)
     dropped = [f for f in optional if id(f) not in chosen_ids]
     if dropped:
         out.context.append(Finding("left_out", _left_out(dropped), headline=False))
     return out
+
+
+def _context_rank(f: Finding) -> int:
+    """Context bullets in :data:`CONTEXT_ORDER`; a kind it does not name (a trend or difference
+    demoted to context, e.g. from one seed) after those it does."""
+    return CONTEXT_ORDER.index(f.kind) if f.kind in CONTEXT_ORDER else len(CONTEXT_ORDER)
 
 
 def _in_turn(items: list[Finding]) -> list[Finding]:
