@@ -40,3 +40,14 @@ def test_transformers_attention_implementation_attribute():
     assert hasattr(config, "_attn_implementation"), (
         "transformers configs no longer have _attn_implementation: update "
         "tunelens.explain.attention.eager_attention")
+
+
+def test_trl_fused_head_device_switch():
+    """tunelens.train.trainer_args.completion_positions_only swaps TRL's private
+    ``trl.trainer.utils._use_triton`` so the CPU scores only labelled positions (the path TRL
+    already takes on CUDA); without it the switch silently does nothing and training is slower."""
+    from trl.trainer import utils as trl_utils
+
+    assert callable(getattr(trl_utils, "_use_triton", None)), (
+        "trl.trainer.utils._use_triton is gone: update "
+        "tunelens.train.trainer_args.completion_positions_only to TRL's new API")

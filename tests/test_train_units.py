@@ -19,7 +19,7 @@ from tunelens.train.callbacks import GradualUnfreezing
 from tunelens.train.curriculum import example_losses, order
 from tunelens.train.objectives import format_rows, to_dataset
 from tunelens.train.strategies import count_params, load_base
-from tunelens.train.trainer_args import completion_positions_only, evaluate_in_order, sft_config
+from tunelens.train.trainer_args import completion_positions_only, sft_config
 
 OFF = TrackingConfig(enabled=False)
 
@@ -253,9 +253,6 @@ def test_packing_defaults_follow_the_objective(tmp_path):
     assert sft_config(TrainConfig(packing=True), spec, "instruct", tmp_path).packing is True
     curriculum = sft_config(TrainConfig(curriculum="length"), spec, "causal", tmp_path)
     assert curriculum.packing is False and curriculum.train_sampling_strategy == "sequential"
-    # unpacked batches are drawn in length groups (less padding); packed blocks all have one length
-    assert sft_config(TrainConfig(), spec, "instruct", tmp_path).train_sampling_strategy == "group_by_length"
-    assert sft_config(TrainConfig(), spec, "causal", tmp_path).train_sampling_strategy == "random"
     full = sft_config(TrainConfig(learning_rate=1e-3), StrategySpec("full"), "causal", tmp_path)
     assert full.learning_rate == pytest.approx(2e-4) and full.gradient_checkpointing is False
 
@@ -393,24 +390,3 @@ def test_scoring_labelled_positions_only_keeps_loss_and_gradients(micro_model, t
     for a, b in zip(compact_grads, every_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-
-def test_validation_batches_stay_in_file_order_whatever_the_seed(micro_model, tmp_path):
-    """Training batches are drawn by length, seeded; validation must not be, or one base model's
-    validation loss would differ between the seeds of a study."""
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    model, tokenizer = micro_model
-    rows = format_rows(clause_rows(12), tokenizer, "instruct")
-    orders = []
-    for seed in (0, 1):
-        args = sft_config(TrainConfig(batch_size=4, seed=seed), StrategySpec("full"), "instruct", tmp_path)
-        assert args.train_sampling_strategy == "group_by_length"
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows))
-        evaluate_in_order(trainer)
-        orders.append([n for batch in trainer.get_eval_dataloader()
-                       for n in batch["attention_mask"].sum(dim=1).tolist()])
-    in_file_order = [len(ex["input_ids"]) for ex in trainer.eval_dataset]
-    assert len(set(in_file_order)) > 1  # else any order would pass
-    assert orders == [in_file_order] * 2

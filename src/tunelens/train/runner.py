@@ -45,7 +45,7 @@ from tunelens.train.callbacks import (
 from tunelens.train.objectives import check_objective, format_rows, load_split
 from tunelens.train.strategies import StrategySpec, apply_strategy, check_strategy, count_params, load_base
 from tunelens.train.tracking import Tracker
-from tunelens.train.trainer_args import precision, sft_config
+from tunelens.train.trainer_args import completion_positions_only, precision, sft_config
 
 CHECKPOINTS = "checkpoints"
 RESUME = "resume.json"
@@ -122,7 +122,7 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
     """
     out = Path(out)
     inputs = read_inputs(model, Path(data_dir), strategy, objective, config or TrainConfig(), identity)
-    with _quiet_libraries():
+    with _quiet_libraries(), completion_positions_only():
         session = build_trainer(inputs, partial_dir(out), callbacks, progress)
         resume, resume_from = prepare_resume(session.work, inputs.fingerprint())
         tracker = None

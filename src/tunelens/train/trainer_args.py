@@ -6,10 +6,24 @@ to on for ``causal`` only: with the sdpa/eager attention of a CPU (no varlen ker
 ``max_length`` tokens costs attention over its whole length: on the quick ladder's largest model,
 instruct training in packed 256-token blocks ran 2.3x fewer tokens/s than unpacked. Evaluation
 is never packed, so a validation loss means the same thing whatever the training packing.
+
+On the CPU, :func:`completion_positions_only` makes TRL's fused LM head score only the positions
+that have a label (TRL does so on CUDA already; elsewhere it scores every position, prompt and
+padding included, and masks afterwards): the same loss and gradients, and over the demo's nine
+instruct cells a quarter less training time (1.2x faster on its largest model, 2x on the smallest,
+whose LM head is most of its compute; ``benchmarks/train_throughput.py --demo``). Drawing batches
+by length (the Trainer's ``group_by_length``) would cut the ~36% padding of a random batch of the
+demo's rows as well, but its long-to-short order within each mega-batch lowered the demo cell's
+rule parse rate on both seeds tried, so batches stay random.
+
+Private API, pinned: the switch is TRL's ``trl.trainer.utils._use_triton``;
+``tests/test_private_apis.py`` fails by name when TRL moves it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunelens.config import TrainConfig
@@ -78,3 +92,29 @@ def sft_config(config: TrainConfig, spec: StrategySpec, objective: str, output_d
         disable_tqdm=True,
         dataloader_pin_memory=False,
     )
+
+
+@contextlib.contextmanager
+def completion_positions_only() -> Iterator[None]:
+    """While open, TRL's fused LM head scores only labelled positions on every device.
+
+    TRL (>= 1.x, ``trl.trainer.utils``) picks between scoring the labelled rows (``compact``) and
+    scoring every position with ``_use_triton(device)``; the compact path is plain torch, and TRL
+    avoids it off CUDA only so that compiled tiles keep one shape (an issue for XLA/Neuron, not
+    for eager CPU). With instruct rows most positions are prompt or padding (a completion is ~30%
+    of a row's tokens on the demo data). A TRL without that hook is left as is.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:  # pragma: no cover - TRL is a dependency
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: original(device) or device.type == "cpu"
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
