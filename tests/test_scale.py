@@ -210,3 +210,16 @@ def test_a_trend_is_a_headline_only_with_seeds_at_every_size():
         trend = next(f for f in scale_findings({"curves": [c], **scale_stats}, ["rule_exec_accuracy"])
                      if f.kind == "trend")
         assert trend.headline is headline and ("one seed" in trend.text) is not headline
+
+
+def test_the_figure_names_did_not_learn_in_its_legend_not_on_the_curves():
+    """Untrained curves coincide: labels drawn on them overlapped (the demo's figure did)."""
+    from tunelens.report.figures import scale_figure
+
+    flat = {**_curve([0, 0, 0, 0], sd=0), "strategy": "lora", "objective": "instruct", "rag": False}
+    rising = {**_curve([0.1, 0.3, 0.5, 0.7]), "strategy": "full", "objective": "instruct", "rag": False}
+    fig = scale_figure({"scale": {"curves": [rising, flat]}}, ["rule_exec_accuracy"])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["full", "lora (did not learn)"]
+    assert not [t for t in ax.texts if "did not learn" in t.get_text()]

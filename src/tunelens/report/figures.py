@@ -167,21 +167,20 @@ def _scale_curve(ax, c: dict, colour: str) -> None:
     ys = np.array([p["value"] for p in c["points"]])
     lo = np.array([p["lo"] if p["lo"] is not None else p["value"] for p in c["points"]])
     hi = np.array([p["hi"] if p["hi"] is not None else p["value"] for p in c["points"]])
+    # a plateau is marked only where its test passed (a rise, then flat); "did not learn" goes into
+    # the legend (annotations of curves that coincide, as untrained ones do, would overlap)
+    verdict = c.get("verdict", "plateau" if c["plateau"]["size"] is not None else None)
     label = c["strategy"] + ("" if c["objective"] == "instruct" else f" · {c['objective']}") + (
-        " · rag" if c["rag"] else "")
+        " · rag" if c["rag"] else "") + (" (did not learn)" if verdict == "did not learn" else "")
     ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o", color=colour, capsize=3, label=label)
     if c["fit"]:
         grid = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
         ax.plot(grid, c["fit"]["intercept"] + c["fit"]["slope"] * np.log10(grid), "--",
                 color=colour, alpha=0.8)
-    # a plateau is marked only where its test passed (a rise, then flat); "did not learn" says so
-    verdict = c.get("verdict", "plateau" if c["plateau"]["size"] is not None else None)
     if verdict == "plateau" and c["plateau"]["size"] is not None:
         ax.axvline(c["plateau"]["size"], color=colour, linestyle=":", alpha=0.9)
         ax.annotate("plateau", (c["plateau"]["size"], ax.get_ylim()[1]), color=colour,
                     fontsize=7, rotation=90, va="top", ha="right")
-    elif verdict == "did not learn":
-        ax.annotate("did not learn", (xs[-1], ys[-1]), color=colour, fontsize=7, va="bottom", ha="right")
 
 
 def _size_ticks(ax, sizes: list[float]) -> None:
