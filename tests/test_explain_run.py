@@ -75,12 +75,8 @@ def test_generation_target_needs_predictions(micro_model_dir, data, tmp_path):
     assert (a.target_logprob != b.target_logprob).all()
 
 
-def test_interrupted_run_resumes_where_it_stopped(micro_model_dir, data, tmp_path, monkeypatch):
-    config = ExplanationConfig(method="shapley", n_samples=4, granularity="word")
-    clean = tmp_path / "clean.parquet"
-    explain_run(str(micro_model_dir), data, clean, config, progress=False)
-
-    out = tmp_path / "run.parquet"
+def _interrupt_at_third_example(monkeypatch, model: str, data, out, config) -> None:
+    """Run explain with a Ctrl-C arriving as the third example starts (two finished)."""
     real = run_module._explain_one
     calls = []
 
@@ -92,18 +88,24 @@ def test_interrupted_run_resumes_where_it_stopped(micro_model_dir, data, tmp_pat
 
     monkeypatch.setattr(run_module, "_explain_one", flaky)
     with pytest.raises(KeyboardInterrupt):
-        explain_run(str(micro_model_dir), data, out, config, progress=False)
-    assert not out.exists()
+        explain_run(model, data, out, config, progress=False)
     monkeypatch.setattr(run_module, "_explain_one", real)
+
+
+def test_interrupted_run_resumes_where_it_stopped(micro_model_dir, data, tmp_path, monkeypatch):
+    config = ExplanationConfig(method="shapley", n_samples=4, granularity="word")
+    clean = tmp_path / "clean.parquet"
+    explain_run(str(micro_model_dir), data, clean, config, progress=False)
+
+    out = tmp_path / "run.parquet"
+    _interrupt_at_third_example(monkeypatch, str(micro_model_dir), data, out, config)
+    assert not out.exists()
     summary = explain_run(str(micro_model_dir), data, out, config, progress=False)
     assert summary["resumed"] == 2
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(clean))
     # other settings: nothing is reused
-    calls.clear()
-    monkeypatch.setattr(run_module, "_explain_one", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        explain_run(str(micro_model_dir), data, tmp_path / "again.parquet", config, progress=False)
-    monkeypatch.setattr(run_module, "_explain_one", real)
+    _interrupt_at_third_example(monkeypatch, str(micro_model_dir), data, tmp_path / "again.parquet",
+                                config)
     other = explain_run(str(micro_model_dir), data, tmp_path / "again.parquet",
                         config.model_copy(update={"seed": 1}), progress=False)
     assert other["resumed"] == 0
@@ -158,21 +160,9 @@ def test_resume_is_keyed_on_content_not_timestamps(micro_model_dir, data, tmp_pa
 
     model = shutil.copytree(micro_model_dir, tmp_path / "model")
     config = ExplanationConfig(heatmap=False)
-    real = run_module._explain_one
 
     def interrupted_run(out):
-        calls = []
-
-        def flaky(llm, tok, ex, cfg):
-            calls.append(ex["example_id"])
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-            return real(llm, tok, ex, cfg)
-
-        monkeypatch.setattr(run_module, "_explain_one", flaky)
-        with pytest.raises(KeyboardInterrupt):
-            explain_run(str(model), data, out, config, progress=False)
-        monkeypatch.setattr(run_module, "_explain_one", real)
+        _interrupt_at_third_example(monkeypatch, str(model), data, out, config)
 
     out = tmp_path / "touched.parquet"
     interrupted_run(out)

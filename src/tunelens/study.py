@@ -176,13 +176,13 @@ class StudyRunner:
 
     # -- study-wide stages ---------------------------------------------------------------------
 
-    def prepare_data(self) -> Path:
+    def prepare_data(self) -> None:
         data_dir, cfg = self.layout.data, self.study.data
         source = BUNDLED_SOURCE if cfg.source == "bundled" else Path(cfg.source)
         stamp = fingerprint("data", cfg.model_dump(mode="json"), files=[source])
         if self.stamps.done("data", self.layout.split("test"), stamp):
             self.event("data", "data", "skipped")
-            return data_dir
+            return
         self.event("data", "data", "running")
         if cfg.source == "bundled":
             from tunelens.data.build import build_bundled
@@ -194,9 +194,8 @@ class StudyRunner:
             self._timed("data", prepare, source, data_dir, cfg)
         self.stamps.mark("data", stamp)
         self.event("data", "data", "done")
-        return data_dir
 
-    def rag_index(self) -> Path:
+    def rag_index(self) -> None:
         index_dir, cfg = self.layout.rag, self.study.rag
         corpus = Path(cfg.corpus) if cfg.corpus else self.layout.split("train")
         files = [corpus]
@@ -211,7 +210,6 @@ class StudyRunner:
             self._timed("rag", build_index, corpus, index_dir, cfg.embedding_model)
             self.stamps.mark("rag", stamp)
             self.event("rag", "rag", "done")
-        return index_dir
 
     # -- one cell --------------------------------------------------------------------------------
 
@@ -235,8 +233,7 @@ class StudyRunner:
         self.stamps.mark(key, stamp)
         self.event(cell.name, name, "done")
 
-    def run_cell(self, cell: Cell, data_dir: Path, rag_dir: Path | None, status: CellStatus,
-                 tracking: TrackingConfig | None) -> None:
+    def run_cell(self, cell: Cell, status: CellStatus, tracking: TrackingConfig | None) -> None:
         from tunelens.evaluate import evaluate
         from tunelens.explain import explain_run
         from tunelens.infer.generate import generate_predictions
@@ -246,12 +243,12 @@ class StudyRunner:
         base = self.model_path(cell.model)
         model_dir, pred = layout.model_dir(run), layout.predictions(run)
         metrics, attr = layout.metrics(run), layout.attributions(run)
-        rag = rag_dir if cell.identity.rag else None
+        rag = layout.rag if cell.identity.rag else None  # built by rag_index() before the cells
         test = layout.split("test")
         stage = self._stage
         stage(cell, status, "train", layout.run_json(run),
               lambda: self._train_stamp(cell, base),
-              lambda: self._train(cell, base, data_dir, model_dir, tracking))
+              lambda: self._train(cell, base, model_dir, tracking))
         stage(cell, status, "generate", pred,
               lambda: fingerprint("generate", gen.model_dump(mode="json"),
                                   s.rag.k if rag else None,
@@ -272,12 +269,11 @@ class StudyRunner:
         return fingerprint("train", None if local else base, run.strategy, run.objective,
                            seeded(self.study.train, cell.seed).model_dump(mode="json"), files=files)
 
-    def _train(self, cell: Cell, base: str, data_dir: Path, model_dir: Path,
-               tracking: TrackingConfig | None) -> None:
+    def _train(self, cell: Cell, base: str, model_dir: Path, tracking: TrackingConfig | None) -> None:
         from tunelens.train import train
 
         run = replace(cell.identity, rag=False)  # the trained model is the non-RAG twin's
-        train(base, data_dir, model_dir, run.strategy, run.objective,
+        train(base, self.layout.data, model_dir, run.strategy, run.objective,
               config=seeded(self.study.train, cell.seed), tracking=tracking,
               run_name=run.name, identity=run.to_dict())  # run.json records who the run is
 
@@ -305,19 +301,20 @@ class StudyRunner:
             write_text(self.layout.study_yaml, dump_study(self.study))
             for cell in cells:
                 self.layout.write_identity(cell.identity)
-            data_dir = self.prepare_data()
-            rag_dir = self.rag_index() if any(c.identity.rag for c in cells) else None
+            self.prepare_data()
+            if any(c.identity.rag for c in cells):
+                self.rag_index()
             statuses = [CellStatus(c.identity) for c in cells]
             with track_study(self.study, self.layout) as tracking:
                 for cell, st in zip(cells, statuses, strict=True):
-                    self._run_one(cell, st, statuses, data_dir, rag_dir, tracking)
+                    self._run_one(cell, st, statuses, tracking)
             self._finish(statuses)
         return statuses
 
-    def _run_one(self, cell: Cell, st: CellStatus, statuses: list[CellStatus], data_dir: Path,
-                 rag_dir: Path | None, tracking: TrackingConfig | None) -> None:
+    def _run_one(self, cell: Cell, st: CellStatus, statuses: list[CellStatus],
+                 tracking: TrackingConfig | None) -> None:
         try:
-            self.run_cell(cell, data_dir, rag_dir, st, tracking)
+            self.run_cell(cell, st, tracking)
             st.status = "ok"
         except KeyboardInterrupt:
             st.status, st.error = "failed", "interrupted"

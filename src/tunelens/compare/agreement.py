@@ -148,20 +148,17 @@ def noise_floor(vectors: dict[str, dict], replicates: dict[str, list[str]], k: i
             continue
         pair_means = pd.DataFrame([run_pair(vectors[a], vectors[b], k)[list(METRICS)].mean()
                                    for a, b in itertools.combinations(names, 2)])
+        # NaN where undefined: compare_study writes it as null (io's NaN policy)
         cells[cell] = {"runs": names, "n_pairs": int(len(pair_means)),
-                       **{m: _or_none(pair_means[m].mean()) for m in METRICS}}
+                       **{m: float(pair_means[m].mean()) for m in METRICS}}
     if not cells:
         return None
-    per_cell = pd.DataFrame([{m: _or_nan(c[m]) for m in METRICS} for c in cells.values()])
+    per_cell = pd.DataFrame([{m: c[m] for m in METRICS} for c in cells.values()])
     rho = per_cell["spearman"].dropna()
     degenerate = bool(len(rho) and (rho >= 1.0 - 1e-9).all())
     return {"unit": "replicate pairs averaged per cell; interval over cells", "cells": cells,
             "n_cells": len(cells), "n_pairs": sum(c["n_pairs"] for c in cells.values()),
             "degenerate": degenerate, **summarise(per_cell, samples, confidence, seed)}
-
-
-def _or_none(v) -> float | None:
-    return float(v) if np.isfinite(v) else None
 
 
 def _or_nan(v) -> float:

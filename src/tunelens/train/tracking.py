@@ -33,8 +33,6 @@ from tunelens.errors import TunelensError
 from tunelens.layout import StudyLayout
 
 DEFAULT_EXPERIMENT = "tunelens"
-DB_NAME = "mlflow.db"
-ARTIFACTS_NAME = "mlartifacts"
 STUDY_TAG = "tunelens.study"  # the study folder a run belongs to: what a resume looks for
 
 
@@ -45,18 +43,21 @@ def study_of(out: Path) -> StudyLayout | None:
     return layout if layout.models == out.parent else None
 
 
+def default_store(out: Path) -> StudyLayout:
+    """Whose ``mlflow.db`` and ``mlartifacts`` a run written to ``out`` is tracked in by default:
+    its study's, or, for a run folder anywhere else, the folder beside it, laid out the same way."""
+    return study_of(out) or StudyLayout(Path(out).resolve().parent)
+
+
 def default_store_dir(out: Path) -> Path:
     """The folder that holds the default SQLite store for a run written to ``out``."""
-    layout = study_of(out)
-    return layout.mlflow_db.parent if layout is not None else Path(out).resolve().parent
+    return default_store(out).root
 
 
 def resolve_uri(out: Path, tracking: TrackingConfig | None) -> str:
     if tracking is not None and tracking.uri:
         return tracking.uri
-    layout = study_of(out)
-    db = layout.mlflow_db if layout is not None else default_store_dir(out) / DB_NAME
-    return f"sqlite:///{db}"
+    return f"sqlite:///{default_store(out).mlflow_db}"
 
 
 def local_artifacts(uri: str, fallback: Path | None = None) -> str | None:
@@ -66,7 +67,7 @@ def local_artifacts(uri: str, fallback: Path | None = None) -> str | None:
     if uri.startswith(("http://", "https://", "databricks")):
         return None
     if fallback is None and uri.startswith("sqlite:///"):
-        fallback = Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_NAME
+        fallback = StudyLayout(Path(uri[len("sqlite:///"):]).parent).mlflow_artifacts
     return Path(fallback).resolve().as_uri() if fallback is not None else None
 
 
