@@ -3,6 +3,7 @@ content, Ctrl-C and SIGKILL in a subprocess, MLflow kept inside the study folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -158,10 +159,43 @@ def test_each_seed_trains_its_own_model_and_a_seed_reruns_identically(micro, zoo
     assert again["q1__lora__instruct__s1"] == _aggregates(tmp_path / "two")["q1__lora__instruct__s1"]
 
 
-def _start(study_file: Path, out: Path, zoo_root: Path) -> subprocess.Popen:
+def test_parallel_jobs_give_the_serial_results_and_resume_serially(micro, zoo_root, tmp_path):
+    """--jobs 2: the seeds train in two worker processes, with the same metrics as one process,
+    their progress reaches the parent, their MLflow runs nest under the study run, and a serial
+    rerun finds every stage done (the same stamps)."""
+    import mlflow
+
+    study_file, _ = micro
+    study = load_study(study_file).model_copy(update={"seeds": [0, 1]})
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    StudyRunner(study, serial, zoo_root=zoo_root).run()
+    events: list[tuple[str, str, str]] = []
+    runner = StudyRunner(study, parallel, zoo_root=zoo_root, jobs=2, threads=1,
+                         on_event=lambda *e: events.append(e))
+    statuses = runner.run()
+    assert [s.status for s in statuses] == ["ok", "ok"]
+    assert _aggregates(parallel) == _aggregates(serial)
+    done = {(cell, stage) for cell, stage, state in events if state == "done"}
+    assert {(s.run, stage) for s in statuses for stage in STAGES} <= done
+    status = json.loads(StudyLayout(parallel).status.read_text())
+    assert status["jobs"] == 2 and status["wall_seconds"] > 0
+    assert all(c["stages"].keys() == set(STAGES) for c in status["cells"])
+
+    client = mlflow.MlflowClient(f"sqlite:///{StudyLayout(parallel).mlflow_db}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = [r for r in runs if r.info.run_name.startswith("study:")]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and {r.info.run_name for r in children} == {s.run for s in statuses}
+
+    events.clear()
+    StudyRunner(study, parallel, zoo_root=zoo_root, on_event=lambda *e: events.append(e)).run()
+    assert not [e for e in events if e[1] in STAGES and e[2] == "done"]
+
+
+def _start(study_file: Path, out: Path, zoo_root: Path, *extra: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", ENTRY, "run", str(study_file), "--out", str(out),
-                             "--zoo", str(zoo_root), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--zoo", str(zoo_root), "--threads", "1", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -186,6 +220,46 @@ def test_first_ctrl_c_stops_the_study_with_exit_code_130(micro, zoo_root, tmp_pa
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not StudyLayout(out).report.exists()
+
+
+@pytest.mark.parametrize("whom", ["parent", "terminal"])
+def test_ctrl_c_stops_parallel_workers_and_a_rerun_finishes(micro, zoo_root, tmp_path, whom):
+    """--jobs 2, interrupted once training runs: SIGINT to the parent alone, or to the whole
+    process group as a terminal's Ctrl-C does. The study stops with 130 and leaves no worker
+    behind; a serial rerun finishes every cell."""
+    study_file, _ = micro
+    study_file.write_text(study_file.read_text() + "seeds: [0, 1]\n")
+    out = tmp_path / "study"
+    proc = _start(study_file, out, zoo_root, "--jobs", "2", start_new_session=True)
+    _wait_for(StudyLayout(out).mlflow_db, proc)  # the study's run exists: workers are next
+    time.sleep(3.0)
+    if whom == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends on its own
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), subprocess.run(
+        ["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    statuses = StudyRunner(load_study(study_file), out, zoo_root=zoo_root).run()
+    assert [s.status for s in statuses] == ["ok", "ok"]
+    assert StudyLayout(out).report.exists()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_metrics(micro, zoo_root, tmp_path):

@@ -106,14 +106,15 @@ def check_model_paths(study: Study, origin: str = "study") -> None:
 
 # -- zoo models and the estimate -------------------------------------------------------------
 
-def resolve_model_path(spec: ModelSpec, zoo_root: Path) -> str:
-    """``zoo:<preset>/<name>`` names a ladder model, built on first use; anything else is as given."""
+def resolve_model_path(spec: ModelSpec, zoo_root: Path, threads: int | None = None) -> str:
+    """``zoo:<preset>/<name>`` names a ladder model, built on first use (pre-trained with
+    ``threads`` torch threads); anything else is as given."""
     if not spec.path.startswith(ZOO_PREFIX):
         return spec.path
     preset, name = zoo_reference(spec)
     from tunelens.models.zoo import build_zoo
 
-    entries = build_zoo(preset, zoo_root / preset)
+    entries = build_zoo(preset, zoo_root / preset, threads=threads)
     for e in entries:
         if e["name"] == name:
             return str(e["path"])

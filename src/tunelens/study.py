@@ -21,6 +21,7 @@ own SIGINT handler (:mod:`tunelens.guard`) and a parent MLflow run
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -138,14 +139,32 @@ class StudyRunner:
     zoo_root: Path = field(default_factory=default_zoo_root)
     on_event: Callable[[str, str, str], None] = lambda cell, stage, state: None
     origin: str = "study"
+    jobs: int = 1  # cells in parallel worker processes (tunelens.parallel)
+    threads: int | None = None  # torch threads per worker; default: the cores shared out
 
     def __post_init__(self):
         self.out = Path(self.out)
         self.layout = StudyLayout(self.out)
         self.stamps = Stamps(self.layout.stamps)
         self.timings: dict[str, float] = {}
+        self.wall_seconds: float | None = None
         self.interrupts = Interrupts()
         self._model_paths: dict[str, str] = {}
+
+    def worker_state(self, group: list) -> dict:
+        """What a worker process needs to run ``group`` as this runner would (picklable)."""
+        models = {cell.model.name for cell, _ in group}
+        return {"study": self.study, "out": self.out, "zoo_root": self.zoo_root,
+                "origin": self.origin,
+                "model_paths": {k: v for k, v in self._model_paths.items() if k in models}}
+
+    @classmethod
+    def for_worker(cls, state: dict, on_event: Callable[[str, str, str], None]) -> StudyRunner:
+        """The runner inside a worker process, with the base models the parent resolved."""
+        runner = cls(state["study"], state["out"], zoo_root=state["zoo_root"], on_event=on_event,
+                     origin=state["origin"])
+        runner._model_paths.update(state["model_paths"])
+        return runner
 
     def event(self, cell: str, stage: str, state: str) -> None:
         """Report progress; a Ctrl-C that a library swallowed stops the study here."""
@@ -162,10 +181,18 @@ class StudyRunner:
             zoo = spec.path.startswith(ZOO_PREFIX)
             if zoo:
                 self.event(spec.name, "zoo", "running")
-            self._model_paths[spec.name] = self._timed("zoo", resolve_model_path, spec, self.zoo_root)
+            self._model_paths[spec.name] = self._timed("zoo", resolve_model_path, spec,
+                                                       self.zoo_root, self._zoo_threads())
             if zoo:
                 self.event(spec.name, "zoo", "done")
         return self._model_paths[spec.name]
+
+    def _zoo_threads(self) -> int | None:
+        """A ladder is built before any cell runs: with parallel jobs, every worker's cores are
+        idle then, so the build gets them all."""
+        if self.jobs <= 1:
+            return self.threads
+        return min(os.cpu_count() or 1, self.jobs * (self.threads or 1))
 
     def _timed(self, stage: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -291,11 +318,13 @@ class StudyRunner:
         """Run every cell; return their statuses (a failing cell is recorded, the rest go on).
 
         Everything that can be checked without work is checked before anything is written.
+        With ``jobs`` > 1 the cells run in worker processes (:mod:`tunelens.parallel`).
         Raises KeyboardInterrupt when interrupted (rerun to resume).
         """
         from tunelens.train.tracking import track_study
 
         cells = self.check()
+        started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         with study_lock(self.layout), self.interrupts:
             write_text(self.layout.study_yaml, dump_study(self.study))
@@ -305,14 +334,32 @@ class StudyRunner:
             if any(c.identity.rag for c in cells):
                 self.rag_index()
             statuses = [CellStatus(c.identity) for c in cells]
-            with track_study(self.study, self.layout) as tracking:
-                for cell, st in zip(cells, statuses, strict=True):
-                    self._run_one(cell, st, statuses, tracking)
-            self._finish(statuses)
+            groups = training_groups(cells, statuses)
+            try:
+                with track_study(self.study, self.layout) as tracking:
+                    if self.jobs > 1 and len(groups) > 1:
+                        from tunelens.parallel import run_parallel
+
+                        run_parallel(self, groups, statuses, tracking)
+                    else:
+                        self._run_serial(groups, statuses, tracking)
+                self._finish(statuses)
+            finally:
+                self.wall_seconds = time.perf_counter() - started
+                self.write_status(statuses)
         return statuses
 
-    def _run_one(self, cell: Cell, st: CellStatus, statuses: list[CellStatus],
-                 tracking: TrackingConfig | None) -> None:
+    def _run_serial(self, groups: list[list[tuple[Cell, CellStatus]]], statuses: list[CellStatus],
+                    tracking: TrackingConfig | None) -> None:
+        for group in groups:
+            for cell, st in group:
+                try:
+                    self.run_one(cell, st, tracking)
+                finally:
+                    self.write_status(statuses)
+
+    def run_one(self, cell: Cell, st: CellStatus, tracking: TrackingConfig | None) -> None:
+        """Run one cell's stages; a failure is recorded in ``st``, an interrupt goes up."""
         try:
             self.run_cell(cell, st, tracking)
             st.status = "ok"
@@ -320,12 +367,15 @@ class StudyRunner:
             st.status, st.error = "failed", "interrupted"
             raise
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest go on
-            st.status = "failed"
-            st.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            write_text(self.layout.log(cell.identity), traceback.format_exc())
-            self.event(cell.name, "cell", "failed")
-        finally:
-            self._write_status(statuses)
+            self.record_failure(cell, st, exc)
+
+    def record_failure(self, cell: Cell, st: CellStatus, exc: BaseException) -> None:
+        """A failed cell: the first line of the error in its status, the traceback in its log."""
+        st.status = "failed"
+        st.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        trace = "".join(traceback.format_exception(exc))
+        write_text(self.layout.log(cell.identity), trace)
+        self.on_event(cell.name, "cell", "failed")  # no interrupt check: this may run in one
 
     def _finish(self, statuses: list[CellStatus]) -> None:
         """Compare and report the cells that worked; with none, there is nothing to compare."""
@@ -340,13 +390,26 @@ class StudyRunner:
         self.event("study", "report", "running")
         self._timed("report", write_report, self.out, self.study.report)
         self.event("study", "report", "done")
-        self._write_status(statuses)
 
-    def _write_status(self, statuses: list[CellStatus]) -> None:
+    def write_status(self, statuses: list[CellStatus]) -> None:
+        """``status.json``: every cell's state, the seconds per stage summed over every process
+        (with parallel jobs more than the wall clock), and the wall clock once the study ends."""
         write_json(self.layout.status, {
             "cells": [st.to_dict() for st in statuses],
             "stage_seconds": {k: round(v, 2) for k, v in self.timings.items()},
+            "jobs": self.jobs,
+            "wall_seconds": None if self.wall_seconds is None else round(self.wall_seconds, 2),
         })
+
+
+def training_groups(cells: list[Cell], statuses: list[CellStatus]
+                    ) -> list[list[tuple[Cell, CellStatus]]]:
+    """The cells that share one training, in matrix order: a RAG cell runs after its non-RAG
+    twin, which trains the model both use (one group is one worker's unit of work)."""
+    groups: dict[str, list[tuple[Cell, CellStatus]]] = {}
+    for cell, st in zip(cells, statuses, strict=True):
+        groups.setdefault(cell.train_name, []).append((cell, st))
+    return list(groups.values())
 
 
 def bundled_example(name: str) -> Path:

@@ -12,6 +12,9 @@ from tunelens.format import DASH, interval_of, number, p_value
 from tunelens.io import check_writable
 from tunelens.study import STAGES
 
+JOBS_HELP = ("Cells run in this many worker processes at once (cells sharing a training run "
+             "together); zoo models, data and the report stay in the main process. Each worker "
+             "holds one model: mind the memory with real models.")
 EXIT_CODES_HELP = ("Exit codes: 0 every cell ran; 1 some cells failed (listed on stderr, "
                    "tracebacks in <out>/logs/); 2 bad input, or the study folder is in use by "
                    "another run; 130 interrupted (rerun the same command to resume).")
@@ -178,6 +181,7 @@ def run_cmd(
     zoo: Path = typer.Option(None, "--zoo", help="Where zoo:<preset>/<name> models are built and "
                              "cached; default ~/.cache/tunelens/zoo."),
     threads: int = threads_option(),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
     report. A stage is skipped when its output exists and the content of everything it reads,
@@ -185,7 +189,8 @@ def run_cmd(
     from tunelens.config import load_study
 
     study = load_study(existing(study_file))
-    _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads, str(study_file))
+    _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads, str(study_file),
+               jobs)
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)
@@ -193,21 +198,24 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo-study"), "--out", help="Study folder."),
     zoo: Path = typer.Option(None, "--zoo", help="Where the demo ladder is built and cached."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix only."),
-    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch. The demo's "
-                                "models are small: one thread is about as fast as two on a quiet "
-                                "laptop and many times faster on a busy one."),
+    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch in each "
+                                "worker. The demo's models are small: one thread each, and one "
+                                "worker per core, beats more threads in fewer workers."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP + " Default here: one "
+                             "per core, at most 4."),
 ) -> None:
     """Run the bundled code-compliance study on this machine's CPU (builds the demo model
     ladder first if it is missing)."""
     from tunelens.config import load_study
+    from tunelens.parallel import default_jobs
     from tunelens.study import bundled_example
 
     example = bundled_example("code-compliance.yaml")
-    _run_study(load_study(example), out, dry_run, zoo, threads, str(example))
+    _run_study(load_study(example), out, dry_run, zoo, threads, str(example), jobs or default_jobs())
 
 
 def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None,
-               origin: str) -> None:
+               origin: str, jobs: int = 1) -> None:
     """Print the matrix; unless a dry run, run the study in a live view and print how it went.
 
     Exits 1 when some cells failed; a KeyboardInterrupt goes up to become exit code 130.
@@ -228,12 +236,13 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         return
     set_threads(threads)
-    runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), origin=origin)
+    runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), origin=origin, jobs=jobs,
+                         threads=threads)
     runner.check()  # a bad model path or --out fails here, before the live view starts
     with _StudyView(len(cells) * len(STAGES)) as view:
         runner.on_event = view.update
         statuses = runner.run()
-    _print_timings(runner.timings)
+    _print_timings(runner)
     failed = [s for s in statuses if s.status == "failed"]
     for s in failed:
         err_console.print(f"[red]failed[/] {s.run}: {s.error}", highlight=False)
@@ -246,11 +255,16 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         raise typer.Exit(EXIT_CELLS_FAILED)
 
 
-def _print_timings(timings: dict[str, float]) -> None:
-    summary = _table("time per stage (seconds)", ("stage", "seconds"), right_from=1)
-    for stage, secs in timings.items():
+def _print_timings(runner) -> None:
+    """Seconds per stage; with parallel jobs their sum exceeds the wall clock, shown apart."""
+    title = "time per stage (seconds" + (f", summed over {runner.jobs} workers)" if runner.jobs > 1
+                                         else ")")
+    summary = _table(title, ("stage", "seconds"), right_from=1)
+    for stage, secs in runner.timings.items():
         summary.add_row(stage, f"{secs:.1f}")
-    summary.add_row("total", f"{sum(timings.values()):.1f}", style="bold")
+    summary.add_row("total", f"{sum(runner.timings.values()):.1f}", style="bold")
+    if runner.wall_seconds is not None:
+        summary.add_row("wall clock", f"{runner.wall_seconds:.1f}", style="bold")
     console.print(summary)
 
 

@@ -164,6 +164,29 @@ def track_study(study: Study, layout: StudyLayout) -> Iterator[TrackingConfig]:
         mlflow.end_run(status=status)
 
 
+_ADOPTED: tuple[str, str] | None = None  # (store URI, run id) of a parallel study's run
+
+
+def adopt_study_run(uri: str, run_id: str) -> None:
+    """In a worker process of a parallel study (:mod:`tunelens.parallel`): nest training runs
+    under the study run the parent started (MLflow's active run is per process)."""
+    global _ADOPTED
+    _ADOPTED = (uri, run_id)
+
+
+def study_run(uri: str):
+    """The run a training run nests under: this process's active run on the same store, else the
+    adopted study run of a parallel study, else none."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        return active if mlflow.get_tracking_uri() == uri else None
+    if _ADOPTED is not None and _ADOPTED[0] == uri:
+        return mlflow.MlflowClient(tracking_uri=uri).get_run(_ADOPTED[1])
+    return None
+
+
 def _quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic", "sqlalchemy"):
@@ -177,9 +200,6 @@ class Tracker:
         from mlflow import MlflowClient
 
         _quiet()  # after the import: mlflow sets its own log level when first imported
-
-        import mlflow
-
         self.uri = resolve_uri(out, tracking)
         asked = tracking.experiment if tracking else None
         self.experiment_name = asked or DEFAULT_EXPERIMENT
@@ -187,9 +207,7 @@ class Tracker:
         tags = {"tunelens.out": str(Path(out).resolve())}
         if study is not None:
             tags[STUDY_TAG] = str(study.root.resolve())
-        parent = mlflow.active_run()  # e.g. the study runner's run: nest under it
-        if parent is not None and mlflow.get_tracking_uri() != self.uri:
-            parent = None
+        parent = study_run(self.uri)  # e.g. the study runner's run: nest under it
         try:
             ensure_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
