@@ -12,6 +12,9 @@ from tunelens.format import DASH, interval_of, number, p_value
 from tunelens.io import check_writable
 from tunelens.study import STAGES
 
+MEMORY_HELP = ("Memory a training may use, in GB; a study with a cell estimated above it is "
+               "refused before any work (--dry-run prints each cell's estimate). Default: this "
+               "machine's RAM, or the GPU's memory.")
 JOBS_HELP = ("Cells run in this many worker processes at once (cells sharing a training run "
              "together); zoo models, data and the report stay in the main process. Each worker "
              "holds one model: mind the memory with real models.")
@@ -182,6 +185,7 @@ def run_cmd(
                              "cached; default ~/.cache/tunelens/zoo."),
     threads: int = threads_option(),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    memory_gb: float = typer.Option(None, "--memory-gb", min=0.1, help=MEMORY_HELP),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
     report. A stage is skipped when its output exists and the content of everything it reads,
@@ -190,7 +194,7 @@ def run_cmd(
 
     study = load_study(existing(study_file))
     _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads, str(study_file),
-               jobs)
+               jobs, memory_gb)
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)
@@ -215,29 +219,39 @@ def demo_cmd(
 
 
 def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None,
-               origin: str, jobs: int = 1) -> None:
+               origin: str, jobs: int = 1, memory_gb: float | None = None) -> None:
     """Print the matrix; unless a dry run, run the study in a live view and print how it went.
 
     Exits 1 when some cells failed; a KeyboardInterrupt goes up to become exit code 130.
     """
     from tunelens.matrix import default_zoo_root, estimate, expand_matrix
+    from tunelens.memory import check_budget, machine_memory_gb, study_estimates
     from tunelens.study import StudyRunner
 
     cells = expand_matrix(study, origin)
-    table = _table(f"study '{study.name}': {len(cells)} cells",
-                   ("run", "model", "strategy", "objective", "rag", "seed"))
+    zoo_root = zoo or default_zoo_root()
+    device = _device()
+    memory = study_estimates(study, cells, zoo_root, device)
+    floor = _time_floor(memory, study, threads) if dry_run else {}
+    table = _table(f"study '{study.name}': {len(cells)} cells (runs are model__strategy__"
+                   "objective[__rag][__s<seed>])",
+                   ("run", "training peak GB", "training compute"), right_from=1)
     for c in cells:
-        who = c.identity
-        table.add_row(c.name, who.model, who.strategy, who.objective, "yes" if who.rag else "no",
-                      DASH if who.seed is None else str(who.seed))
+        est = memory[c.train_name]
+        table.add_row(c.name, DASH if est is None else f"{est.total / 1024**3:.1f}",
+                      floor.get(c.train_name, DASH))
     console.print(table)
+    budget = memory_gb or machine_memory_gb(device)
     if dry_run:
         est = estimate(study, cells)
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
+        console.print(f"memory: {budget:.1f} GB available on the {device}"
+                      + ("" if memory_gb is None else " (--memory-gb)"))
+    check_budget([(c.name, memory[c.train_name]) for c in cells], budget, origin)
+    if dry_run:
         return
     set_threads(threads)
-    runner = StudyRunner(study, out, zoo_root=zoo or default_zoo_root(), origin=origin, jobs=jobs,
-                         threads=threads)
+    runner = StudyRunner(study, out, zoo_root=zoo_root, origin=origin, jobs=jobs, threads=threads)
     runner.check()  # a bad model path or --out fails here, before the live view starts
     with _StudyView(len(cells) * len(STAGES)) as view:
         runner.on_event = view.update
@@ -253,6 +267,24 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print(f"report: {runner.layout.report}")
     if failed:
         raise typer.Exit(EXIT_CELLS_FAILED)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _time_floor(memory: dict, study, threads: int | None) -> dict[str, str]:
+    """Per trained model: the multiply-adds of ``max_steps`` full-length batches at this machine's
+    measured matrix-multiply rate (shorter sequences take less; small models are slower than
+    their arithmetic, being bound by Python and memory)."""
+    from tunelens.memory import matmul_rate
+
+    rate = matmul_rate(threads or 1)
+    seconds = {name: est.flops_per_step * study.train.max_steps / rate
+               for name, est in memory.items() if est is not None}
+    return {name: f"{s:,.0f} s" if s >= 10 else f"{s:.1f} s" for name, s in seconds.items()}
 
 
 def _print_timings(runner) -> None:

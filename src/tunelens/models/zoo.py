@@ -118,20 +118,32 @@ def new_llama(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: 
     import torch
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = _llama_config(len(tokenizer), hidden_size, num_layers, num_heads,
+                           intermediate_size or 4 * hidden_size, max_positions,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config)
+
+
+def _llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
+                  intermediate_size: int, max_positions: int, **token_ids) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                       intermediate_size=intermediate_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                       max_position_embeddings=max_positions, tie_word_embeddings=False,
+                       **token_ids)
+
+
+def rung_config(preset: str, name: str) -> LlamaConfig:
+    """The shape of a ladder model before it is built (its vocabulary at the preset's size), for
+    memory estimates of a study that has not run yet."""
+    spec = _preset(preset)
+    for rung in spec.rungs:
+        if rung.name == name:
+            return _llama_config(spec.vocab_size, rung.hidden_size, rung.num_layers,
+                                 rung.num_heads, rung.intermediate_size, spec.max_positions)
+    names = ", ".join(r.name for r in spec.rungs)
+    raise TunelensError(f"zoo: no model '{name}' in preset '{preset}' ({names})")
 
 
 def save_checkpoint(model, tokenizer, out: str | Path) -> Path:
