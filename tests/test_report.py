@@ -73,8 +73,9 @@ def test_findings_lead_with_the_differences_and_summarise_the_rest(study):
     best = next(f.text for f in d.headline if f.kind == "best")
     top = max((r for r in stats["runs"]["runs"] if r["name"] in stats["runs"]["primary"] and r["aggregate"]),
               key=lambda r: r["aggregate"]["rule_exec_accuracy"])
-    assert best.startswith(f"The best run on rule_exec_accuracy is {top['name']} at "
-                           f"{top['aggregate']['rule_exec_accuracy']:.2f} (interval ")
+    assert best.startswith(f"The best run on rule_exec_accuracy is {top['cell']} at "
+                           f"{top['aggregate']['rule_exec_accuracy']:.2f} (one seed, n = 1; "
+                           "interval over examples ")
     # one seed per size: the trend is stated with that caveat, and not as a headline
     trend = next(f for f in d.bullets if f.kind == "trend" and "rises with model size" in f.text)
     assert not trend.headline and "one seed" in trend.text

@@ -13,9 +13,9 @@ import pytest
 
 from tunelens.compare.multiplicity import report_family
 from tunelens.compare.significance import compare_paired
-from tunelens.report.api import _quality
 from tunelens.report.differences import significant_differences, too_small
 from tunelens.report.findings import digest
+from tunelens.report.tables import quality
 from tunelens.report.wording import fmt_p
 
 ALPHA = 0.05
@@ -45,8 +45,18 @@ def _run(model: str, strategy: str, aggregate: dict, objective: str = "instruct"
             "has_attributions": True, "training": None, "model_dir": f"{model}__{strategy}__{objective}"}
 
 
+def _cells(runs: list[dict]) -> list[dict]:
+    """stats/runs.json's cells for runs of one seed each: every summary has n = 1."""
+    return [{"cell": r["name"], "model": r["model"], "strategy": r["strategy"], "objective": r["objective"],
+             "rag": r["rag"], "params": r["params"], "runs": [r["name"]], "seeds": [r["seed"]],
+             "model_dirs": [r["model_dir"]], "evaluated": [r["name"]], "training": {},
+             "aggregate": {k: {"mean": v, "min": v, "max": v, "n": 1} for k, v in r["aggregate"].items()}}
+            for r in runs]
+
+
 def _stats(groups: list[dict], runs: list[dict]) -> dict:
-    return {"runs": {"runs": runs, "primary": [r["name"] for r in runs], "failures": [],
+    return {"runs": {"runs": runs, "cells": _cells(runs), "primary": [r["name"] for r in runs],
+                     "failures": [],
                      "n_attributed": len(runs), "sizes": {r["model"]: r["params"] for r in runs}},
             "tests": {"alpha": ALPHA, "groups": groups,
                       "family": report_family({"groups": groups}, 0.05, ALPHA)},
@@ -162,7 +172,8 @@ def test_a_metric_at_zero_for_every_run_gets_one_line_only():
     mentions = [f for f in d.bullets if "exact_match" in f.text]
     assert [f.kind for f in mentions] == ["zero"]
     best = next(f.text for f in d.bullets if f.kind == "best")
-    assert best.startswith("The best run on chrf, the main quality metric here (rule_exec_accuracy is 0")
+    assert best.startswith("The best run on chrf (corpus score), the main quality metric here "
+                           "(rule_exec_accuracy is 0")
     summary = next(f.text for f in d.bullets if f.kind == "summary")
     assert "1 comparison over 1 metric" in summary  # the zero metrics are not counted as comparisons
 
@@ -172,7 +183,7 @@ def test_quality_tables_split_by_family_and_zero_columns_are_named():
            "semantic_similarity": 0.2, "exact_match": 0.0, "rule_parse_rate": 0.5, "rule_field_accuracy": 0.0,
            "rule_exec_accuracy": 0.25, "rule_exec_agreement": 0.0, "judge_accuracy": 0.4, "novel": 1.0}
     runs = [_run("s", "full", agg), _run("s", "lora", {**agg, "chrf": 6.0, "rouge2": 0.01})]
-    q = _quality(runs)
+    q = quality(_cells(runs), runs)
     titles = [t["title"] for t in q["tables"]]
     assert titles == ["Similarity to the reference", "Rule level", "Judge and diversity"]
     assert all(len(t["columns"]) <= 8 for t in q["tables"])
@@ -181,7 +192,9 @@ def test_quality_tables_split_by_family_and_zero_columns_are_named():
     assert set(q["zero"]) == {"exact_match", "rule_field_accuracy", "rule_exec_agreement"}
     chrf = q["tables"][0]["columns"].index("chrf")
     assert [row["cells"][chrf]["best"] for row in q["tables"][0]["rows"]] == [False, True]
-    assert q["tables"][0]["rows"][1]["cells"][chrf]["interval"] == "5.0 – 7.0"
+    # one seed: the row says n = 1, the value the evaluation's interval over examples, labelled as such
+    assert q["tables"][0]["rows"][1]["cells"][chrf]["spread"] == "examples 5.0 – 7.0"
+    assert q["tables"][0]["rows"][1]["seeds"] == "n = 1"
 
 
 @pytest.mark.parametrize("cap", [4, 6])

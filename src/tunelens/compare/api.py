@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tunelens.compare import agreement as agreement_mod
-from tunelens.compare import category_shares, concentration, distinct, multiplicity, scale
+from tunelens.compare import category_shares, cells, concentration, distinct, multiplicity, scale, targets
 from tunelens.compare.distinct import QUALITY_SKIP
 from tunelens.compare.distinct import aligned as _aligned
 from tunelens.compare.features import choose_level, features
@@ -29,7 +29,7 @@ from tunelens.compare.runs import (
     RunInfo,
     discover_runs,
     primary_runs,
-    read_attributions,
+    read_targets,
     strategy_key,
     unrecorded_outputs,
 )
@@ -41,9 +41,9 @@ from tunelens.io import json_safe, read_json, write_json
 from tunelens.layout import StudyLayout
 
 STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
-STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale")
+STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale", "targets")
 INPUTS_FILE = "inputs.json"  # the fingerprint of what the statistics were computed from
-STATS_FORMAT = 3  # bumped when the layout of stats/*.json changes; older files are recomputed
+STATS_FORMAT = 4  # bumped when the layout of stats/*.json changes; older files are recomputed
 
 
 def input_fingerprint(study_dir: Path) -> str:
@@ -81,15 +81,22 @@ def compare_study(study_dir: Path, config: ComparisonConfig | None = None, out: 
                             f"models/*/run.json){hint}")
     primaries = sorted(primary_runs(runs), key=lambda r: (r.params or 0, r.model, strategy_key(r.strategy),
                                                            r.objective, r.rag))
-    attributions = {r.name: read_attributions(r.attributions) for r in runs if r.attributions}
+    frames = {r.name: read_targets(r.attributions) for r in runs if r.attributions}
+    main = targets.main_target(frames)
+    attributions = {n: f[main] for n, f in frames.items()}
     tick("attributions")
     level = choose_level(runs, StudyLayout(study_dir), cfg.feature_level)
-    measured = {n: features(a, level) for n, a in attributions.items()}
+    by_target = {n: {t: features(f, level) for t, f in fs.items()} for n, fs in frames.items()}
+    measured = {n: fs[main] for n, fs in by_target.items()}
     conc = {n: concentration.per_example(a, cfg.top_k) for n, a in measured.items()}
     shares = {n: category_shares.per_example(a) for n, a in measured.items()}
     counts = {n: category_shares.feature_shares(a) for n, a in measured.items()}
-    result = {"concentration": _concentration_summary(primaries, conc, cfg, level),
-              "category_shares": _shares_summary(primaries, shares, cfg, counts, level)}
+    replicates = cells.members(runs, primaries)
+    result = {"concentration": {**_concentration_summary(primaries, conc, cfg, level), "target": main,
+                                "per_cell": cells.concentration_cells(replicates, conc)},
+              "category_shares": _shares_summary(primaries, shares, cfg, counts, level,
+                                                 cells.enrichment_cells(replicates, shares, counts)),
+              "targets": targets.compare_targets(replicates, by_target, cfg, main)}
     tick("concentration")
     result["tests"] = distinct.tests(runs, conc, shares, cfg)
     tick("tests")
@@ -153,11 +160,8 @@ def _concentration_summary(primaries: list[RunInfo], conc: dict[str, pd.DataFram
 
 def _agreement(runs: list[RunInfo], primaries: list[RunInfo], attributions: dict,
                cfg: ComparisonConfig) -> dict:
-    # cell -> its runs, the primary first, cells in the order of the primaries (size, strategy)
-    replicates: dict[str, list[str]] = {p.cell: [p.name] for p in primaries}
-    for r in sorted(runs, key=lambda r: -1 if r.seed is None else r.seed):
-        if r.name not in replicates[r.cell]:
-            replicates[r.cell].append(r.name)
+    # cell -> its runs, the primary (lowest seed) first, cells in the order of the primaries
+    replicates = {c: [r.name for r in rs] for c, rs in cells.members(runs, primaries).items()}
     vectors = {n: agreement_mod.example_vectors(a) for n, a in attributions.items()}
     return agreement_mod.agreement(vectors, replicates, cfg.top_k, cfg.bootstrap_samples,
                                    cfg.confidence, cfg.seed)
@@ -169,7 +173,8 @@ def _run_index(study_dir: Path, runs: list[RunInfo], primaries: list[RunInfo], a
     failures = [{"run": r.name, "status": r.status, "error": r.error}
                 for r in runs if r.status not in ("ok",)]
     return {"format": STATS_FORMAT, "study": str(study_dir), "runs": [r.summary() for r in runs],
-            "primary": primary_names, "failures": failures + unrecorded,
+            "primary": primary_names, "cells": cells.cell_index(runs, primaries),
+            "failures": failures + unrecorded,
             "n_attributed": sum(1 for n in primary_names if n in attributions),
             "sizes": {r.model: r.params for r in primaries}}
 
@@ -182,8 +187,13 @@ def _interval(values, cfg: ComparisonConfig, offset: int = 0) -> dict:
 
 
 def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame], cfg: ComparisonConfig,
-                    counts: dict[str, pd.DataFrame] | None = None, level: str = "token") -> dict:
-    """Shares of |attribution| per category and their enrichment (share ÷ share of features)."""
+                    counts: dict[str, pd.DataFrame] | None = None, level: str = "token",
+                    per_cell: dict | None = None) -> dict:
+    """Shares of |attribution| per category and their enrichment (share ÷ share of features).
+
+    ``per_cell``: each cell's enrichment over its seeds (:func:`cells.enrichment_cells`); a
+    strategy's or model's enrichment is then the mean over its cells of those seed means, the
+    numbers of the report's enrichment table, rather than of each cell's first seed."""
     cats: list[str] = []
     for r in primaries:
         if r.name in shares:
@@ -195,6 +205,7 @@ def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame], c
               for n in per_run} if counts is not None else {}
     per_strategy: dict[str, dict] = {}
     per_model: dict[str, dict] = {}
+    cell_of = {r.name: r.cell for r in primaries}
     for key_of, target in ((lambda r: r.strategy, per_strategy), (lambda r: r.model, per_model)):
         members: dict[str, list[str]] = {}
         for r in primaries:
@@ -204,15 +215,23 @@ def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame], c
             target[key] = {"runs": names,
                            "shares": {c: float(np.mean([per_run[n][c]["mean"] for n in names]))
                                       for c in cats},
-                           "enrichment": {c: _mean_of([enrich[n][c]["mean"] for n in names if n in enrich])
-                                          for c in cats}}
+                           "enrichment": {c: _mean_of([_enriched(n, c, enrich, per_cell, cell_of)
+                                                       for n in names]) for c in cats}}
     for r in primaries:
         if r.model in per_model:
             per_model[r.model]["params"] = r.params
     return {"categories": cats, "feature_level": level, "per_run": per_run, "enrichment": enrich,
+            "enrichment_per_cell": per_cell or {},
             "enrichment_definition": "mean share of |attribution| / mean share of features, per category",
             "per_strategy": _ordered(per_strategy),
             "per_model": dict(sorted(per_model.items(), key=lambda kv: (kv[1].get("params") or 0, kv[0])))}
+
+
+def _enriched(name: str, category: str, enrich: dict, per_cell: dict | None, cell_of: dict) -> float | None:
+    """A cell's enrichment in ``category``: the mean over its seeds where known, else its run's."""
+    if per_cell is not None:
+        return ((per_cell.get(cell_of[name]) or {}).get(category) or {}).get("mean")
+    return enrich[name][category]["mean"] if name in enrich else None
 
 
 def _mean_of(values: list) -> float | None:

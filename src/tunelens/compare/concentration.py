@@ -24,8 +24,9 @@ more pieces looks "more concentrated". Two remedies, both on by default where th
   scores summed, used whenever the runs compared differ in tokenizer (compare decides).
 
 Attributions that record a ``target`` (``reference`` or ``generation``) are measured on the
-reference rows (:func:`tunelens.compare.runs.read_attributions` picks them); a table without the
-column is all reference.
+reference rows, or on the generation rows in a study that explained only those
+(:func:`tunelens.compare.targets.main_target`); a table without the column is all reference.
+:mod:`tunelens.compare.targets` compares the two targets.
 """
 
 from __future__ import annotations

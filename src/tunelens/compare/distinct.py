@@ -11,9 +11,10 @@ and every result is marked ``single_seed: true``: the report says so beside the 
 makes it a headline, since one training run per strategy cannot separate a strategy from its seed.
 
 The best run is judged by a paired test against the runner-up (``tests.json["best"]``), per
-quality metric: cells ranked by their mean per-example (sentence-level) score, the top two tested
-like any pair. Every row that can become a sentence is marked ``finding: true`` for the
-report-wide Benjamini–Hochberg family (:mod:`tunelens.compare.multiplicity`).
+quality metric: cells ranked by their seed-averaged score as the tables show it (corpus BLEU/chrF),
+the top two tested like any pair on per-example (sentence-level) scores. Every row that can
+become a sentence is marked ``finding: true`` for the report-wide Benjamini–Hochberg family
+(:mod:`tunelens.compare.multiplicity`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tunelens.evaluate import specs
 QUALITY_SKIP = {"n", "count", "length", "prediction_length", "reference_length", "judge_attempts"}
 KIND_ORDER = {"concentration": 0, "quality": 1, "category": 2}
 
-__all__ = ["QUALITY_SKIP", "aligned", "series_by_metric", "tests"]
+__all__ = ["QUALITY_SKIP", "aligned", "compare_arms", "series_by_metric", "tests"]
 
 
 def tests(runs: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig) -> dict:
@@ -86,7 +87,7 @@ def _matrices(arms: dict[str, list[str]], frame: pd.DataFrame) -> dict[str, np.n
     return {s: data[[where[c] for c in cols]] for s, cols in arms.items()}
 
 
-def _compare(arms: dict[str, list[str]], frame: pd.DataFrame, seeds: dict[str, list],
+def compare_arms(arms: dict[str, list[str]], frame: pd.DataFrame, seeds: dict[str, list],
              cfg: ComparisonConfig, offset: int) -> dict:
     """Seed-level when every arm has varying seeds, else example-level marked ``single_seed``."""
     mats = _matrices(arms, frame)
@@ -126,7 +127,7 @@ def _groups(runs: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig
             if kind == "category" and float(frame.to_numpy().sum()) == 0.0:
                 continue  # a category no strategy ever attributes to is not a question
             names = {s: [r.name for r in rs] for s, rs in arms.items()}
-            stats_ = _compare(names, frame, seeds, cfg, i)
+            stats_ = compare_arms(names, frame, seeds, cfg, i)
             stats_["kind"] = kind
             stats_["intervals"] = {s: mean_interval(m.mean(axis=0), cfg.bootstrap_samples,
                                                     cfg.confidence, cfg.seed + i)
@@ -136,8 +137,19 @@ def _groups(runs: list[RunInfo], conc: dict, shares: dict, cfg: ComparisonConfig
     return out
 
 
+def _ranking(arms: dict[str, list[RunInfo]], metric: str, frame: pd.DataFrame) -> dict[str, float]:
+    """Cell -> the score cells are ranked by: the mean over seeds of each run's own aggregate
+    (corpus BLEU/chrF, the number the report's tables and best-run sentence quote) when every run
+    has one, else the mean per-example score."""
+    if all(r.aggregate.get(metric) is not None for rs in arms.values() for r in rs):
+        return {c: float(np.mean([r.aggregate[metric] for r in rs])) for c, rs in arms.items()}
+    return {c: float(m.mean()) for c, m in
+            _matrices({c: [r.name for r in rs] for c, rs in arms.items()}, frame).items()}
+
+
 def _best(runs: list[RunInfo], cfg: ComparisonConfig) -> dict:
-    """Per quality metric: the top cell against the runner-up, paired by example."""
+    """Per quality metric: the top cell against the runner-up, paired by example; cells ranked
+    as the tables rank them (:func:`_ranking`), the test on sentence-level scores."""
     cells: dict[str, list[RunInfo]] = {}
     for r in runs:
         if r.per_example is not None:
@@ -153,12 +165,11 @@ def _best(runs: list[RunInfo], cfg: ComparisonConfig) -> dict:
         frame = aligned({r.name: r.per_example[metric] for rs in arms.values() for r in rs})
         if len(frame) < 2:
             continue
-        means = {c: float(m.mean()) for c, m in
-                 _matrices({c: [r.name for r in rs] for c, rs in arms.items()}, frame).items()}
+        means = _ranking(arms, metric, frame)
         ranked = sorted(arms, key=lambda c: -means[c])
         top, second = ranked[:2]
         pair = {c: [r.name for r in arms[c]] for c in (top, second)}
-        res = _compare(pair, frame, {c: [r.seed for r in arms[c]] for c in pair}, cfg, 1000 + i)
+        res = compare_arms(pair, frame, {c: [r.seed for r in arms[c]] for c in pair}, cfg, 1000 + i)
         out[metric] = {"best": top, "runner_up": second, "n": res["n"], "cells": len(arms),
                        "single_seed": res["single_seed"], **res["pairwise"][0]}
     return out

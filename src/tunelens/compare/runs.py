@@ -19,7 +19,8 @@ model. The tests of differences use every seed of a cell, the training run being
 analysis (:mod:`tunelens.compare.distinct`), and the seed-to-seed noise floor of agreement
 compares the seeds of each cell.
 :func:`primary_runs` picks one replicate per cell (the one without a seed, else the lowest seed)
-for what is shown once per cell: the run tables, concentration, shares, the agreement matrix.
+for what shows one run per cell: the heat-maps, the agreement matrix, the concentration figure.
+The report's tables summarise every seed of a cell instead (:mod:`tunelens.compare.cells`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from tunelens.io import read_json
 from tunelens.layout import RunIdentity, StudyLayout
 from tunelens.train.catalog import STRATEGY_ORDER
 
-__all__ = ["RunInfo", "discover_runs", "primary_runs", "read_attributions",
+__all__ = ["RunInfo", "discover_runs", "primary_runs", "read_attributions", "read_targets",
            "strategy_key", "unrecorded_outputs"]
 
+TARGETS = ("reference", "generation")  # what explain attributes (explanation.target)
 ATTRIBUTION_COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score")
 TRAINING_KEYS = ("trainable_params", "total_params", "val_loss_before", "val_loss_after",
                  "wall_seconds", "tokens_per_second", "peak_rss_mb")
@@ -211,6 +213,13 @@ def read_attributions(path: Path, target: str = "reference") -> pd.DataFrame:
     """The rows of an attribution table explaining ``target`` ("reference" or "generation"),
     with ``example_id`` as text and a category on every row. A table without a ``target``
     column (written before explain could do both) holds reference rows only."""
+    frames = read_targets(path)
+    return frames[target] if target in frames else frames["reference"].iloc[0:0].copy()
+
+
+def read_targets(path: Path) -> dict[str, pd.DataFrame]:
+    """An attribution table read once and split by ``target``: ``{"reference": ..., "generation":
+    ..., ...}``, a target the table does not explain mapping to an empty frame."""
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
@@ -222,7 +231,6 @@ def read_attributions(path: Path, target: str = "reference") -> pd.DataFrame:
     if "target" not in frame.columns:
         frame["target"] = "reference"
     frame["target"] = frame["target"].fillna("reference").astype(str)
-    frame = frame[frame["target"] == target].copy()
     frame["example_id"] = frame["example_id"].astype(str)
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype(float)
     if "category" not in frame.columns:
@@ -231,7 +239,10 @@ def read_attributions(path: Path, target: str = "reference") -> pd.DataFrame:
     for col in ("token", "start", "end"):
         if col not in frame.columns:
             frame[col] = None
-    return frame.sort_values(["example_id", "position"], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["example_id", "position"], kind="stable").reset_index(drop=True)
+    out = {t: frame.iloc[0:0].copy() for t in TARGETS}
+    out.update({str(t): part.reset_index(drop=True) for t, part in frame.groupby("target", sort=True)})
+    return out
 
 
 def _attach_model(run: RunInfo, layout: StudyLayout, models: dict[str, dict],

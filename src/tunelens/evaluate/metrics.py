@@ -151,14 +151,29 @@ def exact_match(prediction: str, reference: str) -> float:
 def semantic_similarity(predictions: list[str], references: list[str],
                         model_path: str | None = None) -> np.ndarray:
     """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2 by default), one per pair."""
+    p = _embedded(tuple(predictions), model_path)
+    r = _embedded_references(tuple(references), model_path)
+    return np.clip(np.einsum("ij,ij->i", p, r).astype(np.float64), -1.0, 1.0)
+
+
+def _embedded(texts: tuple[str, ...], model_path: str | None) -> np.ndarray:
+    """One row per text, each distinct text embedded once. A text's vector depends (in the last
+    bits) on the batch it was padded with, so a list is always embedded on its own: the same
+    list gives the same vectors whatever was embedded before."""
     from tunelens.models.embeddings import embed
 
-    texts = list(dict.fromkeys([*predictions, *references]))  # embed each distinct text once
-    index = {t: i for i, t in enumerate(texts)}
-    vectors = embed(texts, path=model_path)
-    p = vectors[[index[t] for t in predictions]]
-    r = vectors[[index[t] for t in references]]
-    return np.clip(np.einsum("ij,ij->i", p, r).astype(np.float64), -1.0, 1.0)
+    distinct = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(distinct)}
+    return embed(distinct, path=model_path)[[index[t] for t in texts]]
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded_references(texts: tuple[str, ...], model_path: str | None) -> np.ndarray:
+    """The references of a test split are the same for every run of a study: embedded once per
+    process (read-only: the cached array is shared)."""
+    vectors = _embedded(texts, model_path)
+    vectors.flags.writeable = False
+    return vectors
 
 
 def text_metrics(predictions: list[str], references: list[str], embedding_model: str | None = None,

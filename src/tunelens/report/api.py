@@ -12,22 +12,22 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from tunelens import format as formatting
-from tunelens.compare import compare_study, input_fingerprint, load_stats, read_attributions, strategy_key
+from tunelens.compare import compare_study, input_fingerprint, load_stats, strategy_key
 from tunelens.compare.api import stored_fingerprint
+from tunelens.compare.runs import read_targets
 from tunelens.config import ComparisonConfig, ReportConfig, load_study
 from tunelens.errors import TunelensError
-from tunelens.evaluate import specs
 from tunelens.explain.heatmap import legend
 from tunelens.io import write_text
 from tunelens.layout import RunIdentity, StudyLayout
-from tunelens.report import figures
+from tunelens.report import figures, tables, targets
 from tunelens.report.findings import digest
 from tunelens.report.html import data_uri, render
-from tunelens.report.token_spans import heatmaps, read_prompts
+from tunelens.report.tables import QUALITY_TABLES
+from tunelens.report.token_spans import read_texts, side_by_side
 
-# the quality tables, each narrow enough to read without scrolling; metrics no family names go last
-QUALITY_TABLES = tuple((title, specs.of_family(*families)) for title, families in specs.QUALITY_FAMILIES)
+# QUALITY_TABLES is tables', re-exported for callers that know it from here
+__all__ = ["FIGURE_FILES", "QUALITY_TABLES", "fresh_stats", "write_report"]
 FIGURE_FILES = {"training": "training_loss.png", "concentration": "concentration.png",
                 "categories": "category_shares.png", "scale": "scale.png", "agreement": "agreement.png"}
 
@@ -49,30 +49,37 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
     primary.sort(key=lambda r: (r["params"] or 0, r["model"], strategy_key(r["strategy"]),
                                 r["objective"], r["rag"]))
     tests = _tests(stats["tests"], categories=False)
+    cells = stats["runs"].get("cells") or []
+    shares = stats["category_shares"]
+    categories = [c for c in shares["categories"] if c != "OTHER"]
+    conc = stats["concentration"]
     context = {
         "title": cfg.title,
         "study": str(layout.root),
         "written": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "n_runs": len(runs),
+        "n_cells": len(cells),
         "findings": digest(stats, cfg.scale_metrics, cfg.max_findings),
         "figures": {k: data_uri(v) for k, v in _figures(layout, stats, cfg).items()},
-        "quality": _quality(runs),
-        "training": _training(runs),
+        "quality": tables.quality(cells, runs),
+        "training": tables.training(cells),
         "tests": [t for t in tests if t["significant"]],
         "other_tests": [t for t in tests if not t["significant"]],
         "category_tests": _tests(stats["tests"], categories=True),
-        "enrichment": stats["category_shares"].get("enrichment") or {},
-        "enrichment_categories": [c for c in stats["category_shares"]["categories"] if c != "OTHER"],
+        "enrichment": tables.enrichment(shares.get("enrichment_per_cell") or {},
+                                        shares.get("enrichment") or {}, cells, categories),
+        "enrichment_categories": categories,
         "alpha": stats["tests"]["alpha"],
         "family": stats["tests"].get("family"),
-        "top_k": stats["concentration"]["top_k"],
-        "concentration": stats["concentration"]["per_run"],
-        "feature_level": stats["concentration"].get("feature_level", "token"),
+        "top_k": conc["top_k"],
+        "concentration": tables.concentration(conc.get("per_cell") or {}, conc["per_run"], cells),
+        "feature_level": conc.get("feature_level", "token"),
         "scale": _scale(stats["scale"]),
         "n_sizes": len({v for v in stats["runs"]["sizes"].values() if v}),
         "agreement": stats["agreement"]["pairs"],
         "floor": stats["agreement"]["noise_floor"],
-        "heatmaps": _heatmaps(layout, primary, cfg),
+        "targets": targets.section(stats["targets"], stats["tests"].get("confidence", 0.95)),
+        "heatmaps": _heatmaps(layout, primary, cfg, stats["targets"]),
         "heatmap_legend": legend(),
         "failures": stats["runs"]["failures"],
     }
@@ -107,57 +114,6 @@ def fresh_stats(study_dir: Path, comparison: ComparisonConfig | None = None) -> 
         yaml_path = layout.study_yaml
         comparison = load_study(yaml_path).comparison if yaml_path.exists() else ComparisonConfig()
     return compare_study(layout.root, comparison)
-
-
-def _quality(runs: list[dict]) -> dict:
-    """Quality tables by family of metric; a metric that is 0 for every run is named, not tabled."""
-    rows = [r for r in runs if r["aggregate"]]
-    present = list(dict.fromkeys(k for r in rows for k in r["aggregate"]))
-    zero = [k for k in present if all(r["aggregate"].get(k) in (0, None) for r in rows)
-            and any(r["aggregate"].get(k) == 0 for r in rows)]
-    families = [(title, [k for k in keys if k in present]) for title, keys in QUALITY_TABLES]
-    named = {k for _, keys in QUALITY_TABLES for k in keys}
-    rest = [k for k in present if k not in named]
-    if rest:
-        families[-1] = (families[-1][0] if families[-1][1] else "Other metrics", families[-1][1] + rest)
-    tables = []
-    for title, keys in families:
-        columns = [k for k in keys if k not in zero]
-        if columns:
-            body = [{"name": r["name"], "cells": _quality_cells(r, columns, rows)} for r in rows]
-            tables.append({"title": title, "columns": columns, "rows": body})
-    return {"tables": tables, "zero": zero}
-
-
-def _quality_cells(run: dict, columns: list[str], rows: list[dict]) -> list[dict]:
-    cells = []
-    for c in columns:
-        v = run["aggregate"].get(c)
-        digits = specs.digits(c)
-        if v is None:
-            cells.append({"value": formatting.DASH, "interval": "", "best": False})
-            continue
-        values = [r["aggregate"][c] for r in rows if r["aggregate"].get(c) is not None]
-        target = min(values) if specs.lower_is_better(c) else max(values)
-        iv = run["intervals"].get(c)
-        interval = f"{formatting.number(iv[0], digits)} – {formatting.number(iv[1], digits)}" if iv else ""
-        cells.append({"value": formatting.number(v, digits), "interval": interval,
-                      "best": v == target and len(set(values)) > 1})
-    return cells
-
-
-def _training(runs: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for r in runs:
-        if not r["training"] or r["model_dir"] in seen:
-            continue
-        seen.add(r["model_dir"])
-        t = r["training"]
-        share = formatting.DASH
-        if t.get("trainable_params") and t.get("total_params"):
-            share = formatting.share(t["trainable_params"] / t["total_params"], digits=2)
-        out.append({"name": r["model_dir"], "strategy": r["strategy"], "t": t, "share": share})
-    return out
 
 
 def _tests(tests: dict, categories: bool) -> list[dict]:
@@ -196,14 +152,21 @@ def _scale(scale: dict) -> list[dict]:
     return rows
 
 
-def _heatmaps(layout: StudyLayout, primary: list[dict], cfg: ReportConfig) -> list[dict]:
+def _heatmaps(layout: StudyLayout, primary: list[dict], cfg: ReportConfig, explained: dict) -> dict:
+    """The heat-map examples: each run's primary seed, under every target the study explained
+    (reference and generation side by side)."""
+    shown = [t for t in explained.get("targets") or [explained.get("main", "reference")]]
     if cfg.heatmap_examples == 0:
-        return []
+        return {"targets": shown, "examples": []}
     chosen = [r for r in primary if r["has_attributions"]][: cfg.heatmap_runs]
-    frames, prompts = {}, {}
+    frames: dict[str, dict] = {t: {} for t in shown}
+    texts = {}
     for r in chosen:
         run = RunIdentity.from_dict(r, origin=f"{layout.stats}/runs.json")
-        frames[r["name"]] = read_attributions(layout.attributions(run))
+        by_target = read_targets(layout.attributions(run))
+        for t in shown:
+            frames[t][r["name"]] = by_target[t]
         pred = layout.predictions(run)
-        prompts[r["name"]] = read_prompts(pred if pred.exists() else None)
-    return heatmaps(chosen, frames, prompts, cfg.heatmap_examples, cfg.heatmap_runs)
+        texts[r["name"]] = read_texts(pred if pred.exists() else None)
+    return {"targets": shown,
+            "examples": side_by_side(chosen, frames, texts, cfg.heatmap_examples, cfg.heatmap_runs)}

@@ -14,24 +14,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunelens.compare.runs import strategy_key
+from tunelens.compare.scale import CORPUS_METRICS
 from tunelens.report.differences import (
     QUALITY_PREFERENCE,
     not_significant,
     significant_differences,
     too_small,
 )
+from tunelens.report.targets import findings as target_findings
 from tunelens.report.trends import reliance, reliance_trends, scale_findings
 from tunelens.report.wording import Finding, fmt, fmt_p, join, plural, strategy
 
 REQUIRED = ("failures", "best", "summary", "sample", "zero")  # never left out for the cap
 # what fills the rest of the cap, most wanted first; one of each kind before a second of any
-OPTIONAL = ("difference", "reliance", "trend", "plateau", "agreement", "other_trends")
+OPTIONAL = ("difference", "reliance", "trend", "plateau", "agreement", "target", "other_trends")
 # the bullets after the headline: what found nothing, the study's limits, then the rest
 CONTEXT_ORDER = ("difference", "summary", "sample", "zero", "reliance", "trend", "plateau", "agreement",
-                 "other_trends")
+                 "target", "other_trends")
 LEFT_OUT_WORDS = {"difference": ("significant difference", "tests"), "trend": ("scale trend", "scale"),
                   "plateau": ("plateau", "scale"), "reliance": ("category summary", "categories"),
                   "agreement": ("agreement summary", "agreement"),
+                  "target": ("reference-vs-generation note", "reference vs generation"),
                   "other_trends": ("scale note", "scale")}
 
 
@@ -50,26 +53,38 @@ class Digest:
 
 def zero_metrics(runs: dict) -> list[str]:
     """Quality metrics that are 0 for every run that has them: there is nothing to compare."""
-    rows = [r["aggregate"] for r in _primary(runs) if r["aggregate"]]
+    rows = [c["aggregate"] for c in runs["cells"] if c["aggregate"]]
     names = sorted({k for a in rows for k in a})
-    return [k for k in names if all(a.get(k) in (0, None) for a in rows) and any(a.get(k) == 0 for a in rows)]
+    return [k for k in names if all(a[k]["min"] == a[k]["max"] == 0 for a in rows if k in a)]
 
 
 def main_metric(runs: dict, zero: list[str]) -> str | None:
     """The quality metric the headline ranks runs by: the most telling one that is not all 0."""
-    present = {k for r in _primary(runs) for k in (r["aggregate"] or {})}
+    present = {k for c in runs["cells"] for k in c["aggregate"]}
     for metric in [*QUALITY_PREFERENCE, *sorted(present)]:
         if metric in present and metric not in zero:
             return metric
     return None
 
 
+def _seeds(summary: dict, metric: str, single_interval) -> str:
+    """How a cell's score came about: the mean of its seeds and their range, or one seed."""
+    if summary["n"] >= 2:
+        return f"mean of {summary['n']} seeds, which scored {fmt(summary['min'], metric)} to " \
+               f"{fmt(summary['max'], metric)}"
+    text = "one seed, n = 1"
+    if single_interval:
+        lo, hi = single_interval
+        text += f"; interval over examples {fmt(lo, metric)} to {fmt(hi, metric)}"
+    return text
+
+
 def best_run(runs: dict, metric: str, zero: list[str], test: dict | None = None) -> Finding | None:
-    """The best run on the main metric (corpus score, as in the tables), then ``test``: the top
-    cell against the runner-up by a paired test (``tests.json["best"][metric]``), not by whether
-    marginal intervals overlap."""
-    rows = sorted((r for r in _primary(runs) if (r["aggregate"] or {}).get(metric) is not None),
-                  key=lambda r: -r["aggregate"][metric])
+    """The best cell on the main metric — its seeds' mean score (corpus BLEU/chrF), as in the
+    tables — then ``test``: the top cell against the runner-up by a paired test on sentence-level
+    scores (``tests.json["best"][metric]``), not by whether marginal intervals overlap."""
+    rows = sorted((c for c in runs["cells"] if metric in c["aggregate"]),
+                  key=lambda c: -c["aggregate"][metric]["mean"])
     if not rows:
         return None
     top = rows[0]
@@ -79,14 +94,16 @@ def best_run(runs: dict, metric: str, zero: list[str], test: dict | None = None)
     if skipped:
         why = f", the main quality metric here ({join(skipped)} {'is' if len(skipped) == 1 else 'are'} 0 " \
               "for every run)"
-    iv = top["intervals"].get(metric)
     why = why + "," if why else ""
-    text = f"The best run on {metric}{why} is {top['name']} at {fmt(top['aggregate'][metric], metric)}"
-    if iv:
-        text += f" (interval {fmt(iv[0], metric)} to {fmt(iv[1], metric)})"
+    level = " (corpus score)" if metric in CORPUS_METRICS else ""
+    intervals = {r["name"]: r.get("intervals") or {} for r in runs["runs"]}
+    single = next((intervals.get(n, {}).get(metric) for n in top.get("evaluated", top["runs"])), None)
+    summary = top["aggregate"][metric]
+    text = (f"The best run on {metric}{level}{why} is {top['cell']} at {fmt(summary['mean'], metric)} "
+            f"({_seeds(summary, metric, single)})")
     if len(rows) > 1:
         low = rows[-1]
-        text += f"; the lowest is {low['name']} at {fmt(low['aggregate'][metric], metric)}"
+        text += f"; the lowest is {low['cell']} at {fmt(low['aggregate'][metric]['mean'], metric)}"
     text += "."
     if test:
         text += " " + _runner_up(metric, test)
@@ -183,7 +200,7 @@ def overview(stats: dict) -> str:
              if r.get("cell") in cells and (r["has_metrics"] or r["has_attributions"])]
     what = f"{len(primary)} runs" if len(every) <= len(primary) else (
         f"{len(primary)} cells ({len(every)} training runs, seeds as replicates; tables show each cell's "
-        "first seed)")
+        "mean over its seeds and their range)")
     return (f"{what} over {plural(len(models), 'model')} ({', '.join(models)}) and "
             f"{plural(len(strategies), 'strategy', 'strategies')} ({', '.join(strategies)}); "
             f"{runs['n_attributed']} with attributions; significance level {stats['tests']['alpha']} after "
@@ -221,6 +238,7 @@ def digest(stats: dict, scale_metrics: list[str], cap: int = 12) -> Digest:
                   best_run(runs, main, zero, best_test) if main else None, reliance(stats["category_shares"]),
                   *reliance_trends(stats["scale"]),
                   *scale_findings(stats["scale"], chosen), agreement_finding(stats["agreement"], runs),
+                  *target_findings(stats.get("targets"), tests.get("confidence", 0.95)),
                   *not_significant(tests, skip), *too_small(tests, skip), zero_finding(zero)]
     candidates = [f for f in candidates if f is not None]
     required = [f for f in candidates if f.kind in REQUIRED]

@@ -34,7 +34,8 @@ def reliance(shares: dict) -> Finding | None:
     if not tops:
         return None
     value = (lambda v: f"{v:.2f}×") if by_enrichment else pct
-    how = ("share of |attribution| ÷ share of features, mean over runs" if by_enrichment
+    over = "cells, each over its seeds" if shares.get("enrichment_per_cell") else "runs"
+    how = (f"share of |attribution| ÷ share of features, mean over {over}" if by_enrichment
            else "largest share of attribution outside OTHER, mean over runs")
     level = shares.get("feature_level")
     how += "; features are words" if level == "word" else ""
