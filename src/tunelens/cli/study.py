@@ -79,15 +79,22 @@ def _table(title: str, columns: tuple[str, ...], right_from: int | None = None):
 
 
 def _print_concentration(result: dict, cfg) -> None:
-    conc = result["concentration"]["per_run"]
-    if not conc:
+    """One row per cell, as in the report: the mean over its seeds, their range beside it."""
+    cells = result["concentration"].get("per_cell") or {}
+    if not cells:
         return
-    t = _table(f"attribution concentration (mean [{cfg.confidence:.0%} CI])",
-               ("run", "examples", "gini", "entropy", f"top-{cfg.top_k} share"), right_from=1)
-    for run, row in conc.items():
-        t.add_row(run, str(row["n_examples"]), interval_of(row["gini"]),
-                  interval_of(row["entropy"]), interval_of(row["top_k_share"]))
+    t = _table("attribution concentration (mean over seeds, lowest–highest seed)",
+               ("cell", "seeds", "examples", "gini", "entropy", f"top-{cfg.top_k} share"),
+               right_from=1)
+    for cell, row in cells.items():
+        t.add_row(cell, str(row["gini"]["n"]), number(row["n_examples"]["mean"], 0),
+                  *(_over_seeds(row[k]) for k in ("gini", "entropy", "top_k_share")))
     console.print(t)
+
+
+def _over_seeds(s: dict) -> str:
+    mean = number(s["mean"])
+    return mean if s["n"] < 2 else f"{mean} ({number(s['min'])}–{number(s['max'])})"
 
 
 def _print_tests(result: dict, cfg) -> None:
