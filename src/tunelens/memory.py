@@ -150,7 +150,8 @@ def _top_layers(shape: Shape, k: int) -> int:
 
 def model_config(spec: ModelSpec, zoo_root: Path):
     """The config of a study's model without loading weights or building anything: a zoo rung
-    from its preset, a folder's ``config.json``, a hub id from the local cache; None if unknown."""
+    from its preset, a GGUF file's header, a folder's ``config.json``, a hub id from the local
+    cache; None if unknown."""
     from tunelens.matrix import ZOO_PREFIX, zoo_reference
 
     if spec.path.startswith(ZOO_PREFIX):
@@ -158,6 +159,10 @@ def model_config(spec: ModelSpec, zoo_root: Path):
 
         preset, name = zoo_reference(spec)
         return rung_config(preset, name)
+    from tunelens.models import references
+
+    if references.is_gguf_reference(spec.path):  # read from the file: no conversion for a dry run
+        return references.config_of(spec.path)
     from transformers import AutoConfig
 
     try:

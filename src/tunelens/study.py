@@ -54,6 +54,8 @@ from tunelens.matrix import (
 )
 
 STAGES = ("train", "generate", "evaluate", "explain")
+# How a base model is loaded and prompted: part of what a training is (its stamp).
+MODEL_SETTINGS = {"dtype", "trust_remote_code", "prompt_format"}
 # What the bundled dataset is generated from: its stamp hashes this folder's content.
 BUNDLED_SOURCE = Path(__file__).parent / "data" / "compliance"
 # What explain reads of a predictions row when its target is the reference (not the prediction);
@@ -294,23 +296,32 @@ class StudyRunner:
         files = ([Path(base)] if local else []) + [self.layout.split("train"), self.layout.split("val")]
         run = cell.identity
         return fingerprint("train", None if local else base, run.strategy, run.objective,
-                           seeded(self.study.train, cell.seed).model_dump(mode="json"), files=files)
+                           seeded(self.study.train, cell.seed).model_dump(mode="json"),
+                           cell.model.model_dump(mode="json", include=MODEL_SETTINGS), files=files)
 
     def _train(self, cell: Cell, base: str, model_dir: Path, tracking: TrackingConfig | None) -> None:
         from tunelens.train import train
 
         run = replace(cell.identity, rag=False)  # the trained model is the non-RAG twin's
+        spec = cell.model
         train(base, self.layout.data, model_dir, run.strategy, run.objective,
               config=seeded(self.study.train, cell.seed), tracking=tracking,
-              run_name=run.name, identity=run.to_dict())  # run.json records who the run is
+              run_name=run.name, identity=run.to_dict(),  # run.json records who the run is
+              dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+              prompt_format=spec.prompt_format)
 
     # -- the whole study -------------------------------------------------------------------------
 
     def check(self) -> list[Cell]:
         """The cells, once everything that needs no work is checked: the matrix is not empty,
         every model can be found, the study folder can be written. Writes nothing."""
+        from tunelens.models.run_settings import check_dtype
+
         cells = expand_matrix(self.study, self.origin)
         check_model_paths(self.study, self.origin)
+        for i, spec in enumerate(self.study.models):
+            if spec.dtype != "auto":  # auto is known only once the checkpoint's config is read
+                check_dtype(spec.dtype, f"{self.origin}: models.{i}.dtype")
         check_study_folder(self.layout)
         return cells
 

@@ -43,6 +43,9 @@ def explain_cmd(
                                  "perturbations may use"),
     seed: int = opt.seed_option("the sampling methods", ExplanationConfig),
     heatmap: bool = _x("heatmap", "--heatmap/--no-heatmap", "Write the HTML heat-map"),
+    dtype: str = opt.dtype_option(trained=False),
+    trust_remote_code: bool = opt.trust_remote_code_option(trained=False),
+    prompt_format: str = opt.prompt_format_option(trained=False),
     threads: int = opt.threads_option(),
 ) -> None:
     """Attribute each example's target to the tokens of its clause (batched perturbations);
@@ -50,6 +53,7 @@ def explain_cmd(
     opt.check_choice(method, METHODS, "--method")
     opt.check_choice(granularity, GRANULARITIES, "--granularity")
     opt.check_choice(baseline, BASELINES, "--baseline")
+    opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     check_writable(out, "file")
     cfg = override(opt.section(config, "explanation"), origin="explain", method=method,
@@ -59,11 +63,16 @@ def explain_cmd(
     opt.set_threads(threads)
     from tunelens.explain import explain_run
 
-    summary = explain_run(model, data, out, cfg)
-    opt.print_table(f"explain -> {out}", ("examples", "resumed", "features", "method",
+    _print_explained(out, explain_run(model, data, out, cfg, dtype=dtype,
+                                      trust_remote_code=trust_remote_code,
+                                      prompt_format=prompt_format))
+
+
+def _print_explained(out: Path, summary: dict) -> None:
+    opt.print_table(f"explain -> {out}", ("examples", "resumed", "features", "method", "baseline",
                                           "forward passes", "perturbations", "seconds"),
                     [(summary["examples"], summary["resumed"], summary["features"], summary["method"],
-                      summary["forward_passes"], summary["perturbations"],
+                      summary["baseline"], summary["forward_passes"], summary["perturbations"],
                       number(summary["seconds"], 1))])
     if summary.get("truncated_examples"):
         err_console.print(f"[yellow]{summary['truncated_examples']} example(s) did not fit the "

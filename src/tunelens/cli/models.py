@@ -40,8 +40,9 @@ def zoo_build_cmd(
 
 @app.command("train")
 def train_cmd(
-    model: str = typer.Option(..., "--model", help="Base model: a local checkpoint folder or a "
-                              "hub id (needs the hub or its cache)."),
+    model: str = typer.Option(..., "--model", help="Base model: a local checkpoint folder, a .gguf "
+                              "file, a packaged model's short name (smollm2-135m, gemma3-270m) "
+                              "or a hub id (needs the hub or its cache)."),
     data: Path = typer.Option(..., "--data", help="Folder with train.jsonl and val.jsonl (rows: "
                               "id, topic, source, prompt, completion)."),
     strategy: str = typer.Option(..., "--strategy", help=choices(STRATEGIES) + "."),
@@ -54,13 +55,25 @@ def train_cmd(
         "uri"].description + "."),
     run_name: str | None = typer.Option(None, "--run-name", help="MLflow run name (default: the "
                                         "name of --out)."),
+    dtype: str = opt.dtype_option(trained=True),
+    trust_remote_code: bool = opt.trust_remote_code_option(trained=True),
+    prompt_format: str = opt.prompt_format_option(trained=True),
+    optimizer: str = typer.Option(None, "--optimizer", help="adamw, adamw_8bit or paged_adamw_8bit "
+                                  "(bitsandbytes) " + default_of(TrainConfig, "optimizer") + "."),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations "
+        "in the backward pass: less memory, slower " + default_of(TrainConfig, "gradient_checkpointing")
+        + "."),
     threads: int = opt.threads_option(),
 ) -> None:
-    """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes."""
+    """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes. The run
+    records its dtype, remote-code setting and prompt format for generate and explain."""
     opt.check_choice(strategy, STRATEGIES, "--strategy")
     opt.check_choice(objective, OBJECTIVES, "--objective")
+    opt.check_model_settings(dtype, prompt_format)
     check_writable(out, "dir")
-    train_cfg = override(opt.section(config, "train"), origin="train", max_steps=max_steps)
+    train_cfg = override(opt.section(config, "train"), origin="train", max_steps=max_steps,
+                         optimizer=optimizer, gradient_checkpointing=gradient_checkpointing)
     tracking_cfg = override(opt.section(config, "tracking"), origin="train", uri=tracking_uri)
     opt.existing(data, "folder")
     opt.set_threads(threads)
@@ -68,7 +81,8 @@ def train_cmd(
 
     try:
         info = train(model, data, out, strategy, objective, config=train_cfg, tracking=tracking_cfg,
-                     run_name=run_name, progress=True)
+                     run_name=run_name, progress=True, dtype=dtype,
+                     trust_remote_code=trust_remote_code, prompt_format=prompt_format)
     except KeyboardInterrupt:
         from tunelens.train.runner import resumable_checkpoint
 

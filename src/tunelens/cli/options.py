@@ -78,7 +78,47 @@ def out_option(what: str, required: bool = True) -> Any:
 
 def model_option() -> Any:
     return typer.Option(..., "--model", help="Training run folder (full weights or a LoRA/QLoRA "
-                        "adapter over its base) or any model path/id.")
+                        "adapter over its base), a model folder, a .gguf file, a packaged model's "
+                        "short name (smollm2-135m, gemma3-270m) or a hub id.")
+
+
+def _spec_default(field: str, trained: bool) -> str:
+    """The default shown for a :class:`tunelens.config.ModelSpec` flag: the schema's for a base
+    being trained; for a run, what its ``run.json`` records first."""
+    from tunelens.config import ModelSpec, default_of
+
+    if trained:
+        return default_of(ModelSpec, field)
+    return f"(default: what the run's run.json records, else {ModelSpec.model_fields[field].default})"
+
+
+def dtype_option(trained: bool) -> Any:
+    return typer.Option(None, "--dtype", help="Weights' dtype: auto (the checkpoint's), float32, "
+                        "bfloat16 or float16; refused at once if this machine cannot compute in it "
+                        f"{_spec_default('dtype', trained)}.")
+
+
+def trust_remote_code_option(trained: bool) -> Any:
+    return typer.Option(None, "--trust-remote-code/--no-trust-remote-code", help="Run the model's "
+                        "own code (checkpoints with custom classes) "
+                        f"{_spec_default('trust_remote_code', trained)}.")
+
+
+def prompt_format_option(trained: bool) -> Any:
+    return typer.Option(None, "--prompt-format", help="chat (the tokenizer's chat template), plain "
+                        "(the plain template) or auto (chat when the tokenizer has a template) "
+                        f"{_spec_default('prompt_format', trained)}.")
+
+
+def check_model_settings(dtype: str | None, prompt_format: str | None) -> None:
+    """One line before any work for a dtype or prompt format that is unknown, or a dtype this
+    machine cannot compute in (``auto`` is checked once the checkpoint says what it is)."""
+    from tunelens.models.run_settings import DTYPES, PROMPT_FORMATS, check_dtype
+
+    check_choice(dtype, dict.fromkeys(DTYPES), "--dtype")
+    check_choice(prompt_format, dict.fromkeys(PROMPT_FORMATS), "--prompt-format")
+    if dtype not in (None, "auto"):
+        check_dtype(dtype, "--dtype")
 
 
 def field_option(section_class: type, field: str, flag: str, help: str, **kw) -> Any:

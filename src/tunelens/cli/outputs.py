@@ -81,9 +81,14 @@ def generate_cmd(
                              "corpus examples into each prompt."),
     rag_k: int = typer.Option(None, "--rag-k", help="Examples retrieved per prompt "
                               + default_of(RagConfig, "k") + "."),
+    dtype: str = opt.dtype_option(trained=False),
+    trust_remote_code: bool = opt.trust_remote_code_option(trained=False),
+    prompt_format: str = opt.prompt_format_option(trained=False),
     threads: int = opt.threads_option(),
 ) -> None:
-    """Generate a prediction for every clause of --data (batched, greedy or sampled)."""
+    """Generate a prediction for every clause of --data (batched, greedy or sampled), prompted
+    the way the run was trained (its run.json's prompt format)."""
+    opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     if rag is not None:
         opt.existing(rag, "index folder")
@@ -98,10 +103,17 @@ def generate_cmd(
     opt.set_threads(threads)
     from tunelens.infer.generate import generate_predictions
 
-    summary = generate_predictions(model, data, out, gen, rag_index=rag, rag_k=k)
-    opt.print_table(f"generate -> {out}", ("rows", "tokens", "seconds", "tokens/s", "rag k"),
+    _print_generated(out, generate_predictions(model, data, out, gen, rag_index=rag, rag_k=k,
+                                               dtype=dtype, trust_remote_code=trust_remote_code,
+                                               prompt_format=prompt_format))
+
+
+def _print_generated(out: Path, summary: dict) -> None:
+    opt.print_table(f"generate -> {out}", ("rows", "tokens", "seconds", "tokens/s", "rag k",
+                                           "prompt"),
                     [(summary["rows"], summary["tokens_generated"], number(summary["seconds"], 1),
-                      number(summary["tokens_per_second"], 1), summary["rag_k"])])
+                      number(summary["tokens_per_second"], 1), summary["rag_k"],
+                      summary["prompt_format"])])
     if summary.get("truncated_rows"):
         err_console.print(f"[yellow]{summary['truncated_rows']} prompt(s) longer than the model's "
                           "context were cut from the left (rows marked 'truncated_chars')",

@@ -20,7 +20,7 @@ import numpy as np
 from tunelens.config import ExplanationConfig
 from tunelens.errors import TunelensError
 from tunelens.explain.base import Job, Options, get_method
-from tunelens.explain.features import baseline_token, build_features, check_granularity
+from tunelens.explain.features import build_features, check_granularity, resolve_baseline
 from tunelens.explain.result import Attribution
 from tunelens.explain.scorer import Scorer
 from tunelens.models.context import prompt_budget, warn_truncated
@@ -52,8 +52,11 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
             per prompt; a single string is one prompt.
         method: a registered method: occlusion, shapley, shapley_exact, lime, kernel_shap, ...
         granularity: ``token``, ``word`` (sub-words grouped by whitespace) or ``span``.
-        baseline: ``unk``, ``pad``, ``mask`` (that token), ``delete`` (tokens removed) or
-            ``sample`` (random vocabulary tokens, averaged over ``baseline_trials``).
+        baseline: ``unk``, ``pad``, ``mask`` (that token), ``delete`` (tokens removed),
+            ``sample`` (random vocabulary tokens, averaged over ``baseline_trials``) or ``auto``
+            (unk, else a pad that is not EOS, else a space:
+            :func:`~tunelens.explain.features.resolve_baseline`); each result's ``baseline``
+            names the one that ran.
         spans: for ``granularity="span"``, the (start, end) character spans of each prompt.
         feature_window: (start, end) character range holding the features (one for all prompts
             or one per prompt); tokens outside it are context and never perturbed.
@@ -94,7 +97,7 @@ def _check_request(tokenizer, prompts: list, targets: list, granularity: str, ba
     if len(prompts) != len(targets):
         raise TunelensError(f"{len(prompts)} prompts but {len(targets)} targets: need one target per prompt")
     check_granularity(granularity)
-    baseline_token(tokenizer, baseline)  # the tokenizer has that token
+    resolve_baseline(tokenizer, baseline)  # the tokenizer has that token
     if granularity == "span" and (spans is None or len(spans) != len(prompts)):
         raise TunelensError("granularity 'span' needs spans: one list of (start, end) per prompt")
     return _per_prompt(feature_window, len(prompts), "feature_window")
@@ -120,7 +123,8 @@ def _job(model, tokenizer, i: int, prompt, target, granularity: str, baseline: s
     target_ids = np.asarray(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=np.int64)
     features, cut = features.fit(prompt_budget(model, len(target_ids), what="the target"))
     job = Job(model=model, tokenizer=tokenizer, prompt=prompt, target=target, features=features,
-              target_ids=target_ids, baseline=baseline, granularity=granularity, options=options,
+              target_ids=target_ids, baseline=resolve_baseline(tokenizer, baseline).name,
+              granularity=granularity, options=options,
               scorer=scorer, rng=np.random.default_rng([*_seeds(options.seed), i]))
     return job, cut
 

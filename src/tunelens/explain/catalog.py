@@ -29,6 +29,7 @@ GRANULARITIES: dict[str, str] = {
     "span": "the tagged categories' spans",
 }
 BASELINES: dict[str, str] = {
+    "auto": "unk if the tokenizer has one, else a pad that is not EOS, else a space",
     "unk": "the unknown token", "pad": "the padding token", "mask": "the mask token",
     "delete": "remove the feature", "sample": "random tokens, averaged over trials",
 }

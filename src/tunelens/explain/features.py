@@ -189,19 +189,78 @@ def _spans(prompt, offsets, inside, spans):
     return [np.array(m) for m in members], clean
 
 
-def baseline_token(tokenizer, baseline: str) -> int | None:
-    """The replacement token id of a fixed-token baseline; None for 'delete' and 'sample'."""
-    if baseline not in BASELINES:
+# Neutral replacements of the 'auto' baseline when the tokenizer has no usable unk or pad: the
+# token of one space, else of one full stop (the name recorded, the text encoded).
+NEUTRAL = {"space": " ", "period": "."}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The baseline that actually runs: ``name`` (unk, pad, mask, space, period, delete, sample),
+    its token id and text (None for delete and sample), and the name that was asked for."""
+
+    name: str
+    token_id: int | None
+    text: str | None
+    asked: str
+
+    def describe(self) -> str:
+        """``auto → space (' ')`` style: what ran, and that auto chose it."""
+        shown = self.name if self.text is None else f"{self.name} ({self.text!r})"
+        return f"auto → {shown}" if self.asked == "auto" else shown
+
+
+def resolve_baseline(tokenizer, baseline: str) -> Baseline:
+    """The baseline ``baseline`` means for this tokenizer (``auto`` resolved; see the rule below).
+
+    ``auto``: the unk token when the tokenizer has one, else its pad token, else the neutral
+    token of :data:`NEUTRAL` (a space, else a full stop). An unk or pad that is really EOS or BOS
+    does not count: byte-level BPE tokenizers (GPT-2) name ``<|endoftext|>`` as unk, and pad
+    defaults to EOS for tokenizers without one (SmolLM2's pad is its end-of-turn token); an
+    end-of-text marker in the middle of a clause is a strong signal, not an absence. A space has
+    no content of its own and is one token in byte-level BPE, SentencePiece and tiktoken-style
+    vocabularies alike.
+    """
+    if baseline not in BASELINES and baseline not in NEUTRAL:
         raise TunelensError(f"unknown baseline '{baseline}' (expected one of {', '.join(BASELINES)})")
     if baseline in ("delete", "sample"):
-        return None
-    token_id = getattr(tokenizer, f"{baseline}_token_id", None)
-    if token_id is None:
-        raise TunelensError(
-            f"tokenizer {type(tokenizer).__name__} has no {baseline} token; use another baseline "
-            f"(unk, pad, mask, delete or sample)"
-        )
-    return int(token_id)
+        return Baseline(baseline, None, None, baseline)
+    if baseline in NEUTRAL:
+        return _neutral(tokenizer, baseline, baseline)
+    if baseline != "auto":
+        token_id = getattr(tokenizer, f"{baseline}_token_id", None)
+        if token_id is None:
+            raise TunelensError(
+                f"tokenizer {type(tokenizer).__name__} has no {baseline} token; use another baseline "
+                f"({', '.join(BASELINES)})"
+            )
+        return Baseline(baseline, int(token_id), getattr(tokenizer, f"{baseline}_token"), baseline)
+    markers = {getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None)}
+    for name in ("unk", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
+        if token_id is not None and token_id not in markers:
+            return Baseline(name, int(token_id), getattr(tokenizer, f"{name}_token"), "auto")
+    for name in NEUTRAL:
+        try:
+            return _neutral(tokenizer, name, "auto")
+        except TunelensError:
+            continue
+    raise TunelensError(f"tokenizer {type(tokenizer).__name__}: baseline auto found no unk, no pad "
+                        "and no single-token space or full stop; use baseline delete or sample")
+
+
+def _neutral(tokenizer, name: str, asked: str) -> Baseline:
+    ids = tokenizer(NEUTRAL[name], add_special_tokens=False)["input_ids"]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if len(ids) != 1 or ids[0] in special:
+        raise TunelensError(f"tokenizer {type(tokenizer).__name__}: {NEUTRAL[name]!r} is not one "
+                            "ordinary token")
+    return Baseline(name, int(ids[0]), NEUTRAL[name], asked)
+
+
+def baseline_token(tokenizer, baseline: str) -> int | None:
+    """The replacement token id of a fixed-token baseline; None for 'delete' and 'sample'."""
+    return resolve_baseline(tokenizer, baseline).token_id
 
 
 def sample_replacements(tokenizer, n: int, rng: np.random.Generator) -> np.ndarray:

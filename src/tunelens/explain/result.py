@@ -17,7 +17,8 @@ class Attribution:
     ``forward_passes`` counts model calls (a batch is one call) and ``perturbations`` the distinct
     perturbed inputs scored, so methods and tools can be compared on cost as well as values.
     ``truncated_chars`` counts the prompt characters cut from its start to fit the model's
-    context (0 when it fitted; :mod:`tunelens.models.context`).
+    context (0 when it fitted; :mod:`tunelens.models.context`). ``baseline`` names the baseline
+    that ran (``auto`` resolved: unk, pad, space or period).
     """
 
     tokens: list[str]

@@ -2,8 +2,9 @@
 
 Each example's clause is placed in the prompt exactly as the model saw it (the predictions' own
 ``rendered_prompt`` when present, e.g. with retrieved examples, else
-:func:`~tunelens.data.templates.render_prompt`); only the clause's tokens are features, the
-template around it is context. Offsets are stored relative to the clause, and each feature gets
+:func:`~tunelens.models.run_settings.render` in the run's recorded prompt format, the text
+training and generation used); only the clause's tokens are features, the template around it
+(chat scaffolding included) is context. Offsets are stored relative to the clause, and each feature gets
 the category of the clause text it covers (:mod:`tunelens.data.compliance.categories`).
 
 A prompt longer than the model's context loses template context from its left, never clause
@@ -37,25 +38,30 @@ from tunelens.contracts import ClauseRow, check_unique_ids, read_rows
 from tunelens.data.sample import stratified_sample
 from tunelens.errors import TunelensError
 from tunelens.explain.api import attribute
+from tunelens.explain.features import Baseline, resolve_baseline
 from tunelens.explain.heatmap import write_heatmap
 from tunelens.fingerprint import fingerprint
 from tunelens.io import JSONProblem, atomic_path, dumps, loads
 from tunelens.models.context import ContextWarning, context_length, min_tokens, warn_truncated
 from tunelens.models.loading import model_sources
+from tunelens.models.run_settings import ModelSettings
 from tunelens.progress import item_bar
 
 COLUMNS = ("example_id", "position", "token", "start", "end", "category", "score", "method",
-           "target_logprob", "target")
+           "target_logprob", "target", "baseline")
 # the targets each setting of ``ExplanationConfig.target`` attributes, in the order written
 TARGETS = {"reference": ("reference",), "generation": ("generation",),
            "both": ("reference", "generation")}
 
 
 def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, *, dtype: str | None = None,
+                trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
     """Attribute every example of ``data`` (dataset or predictions JSONL) for ``model``; write ``out``.
 
-    ``model`` is a training run folder (full weights or an unmerged adapter) or any model path.
+    ``model`` is a training run folder (full weights or an unmerged adapter) or any model path;
+    ``dtype``, ``trust_remote_code`` and ``prompt_format``, when given, override what the run's
+    ``run.json`` records (:class:`~tunelens.models.run_settings.ModelSettings`).
     The target is the reference (``completion``/``reference``), the row's ``prediction``
     (``config.target == "generation"``) or each of them (``"both"``). Returns a summary dict.
     """
@@ -65,13 +71,10 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         raise TunelensError(f"{out}: the output must be a .parquet file")
     examples, skipped = read_examples(data, config)
     sidecar = out.with_name(f".{out.name}.partial.jsonl")
-    stamp = _fingerprint(model, data, config)
+    settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
+    stamp = _fingerprint(model, data, config, settings)
     done = _resume(sidecar, stamp)
-
-    from tunelens.models.loading import load_for_inference, place_on_device
-
-    llm, tokenizer = load_for_inference(str(model))
-    llm = place_on_device(llm)
+    llm, tokenizer, fmt, baseline = _loaded(str(model), settings, config)
     todo = [ex for ex in examples if _key(ex) not in done]
     start = time.perf_counter()
     with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log, \
@@ -80,7 +83,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         task = bar.add_task(f"explaining ({Path(str(model)).name})", total=len(examples),
                             completed=len(examples) - len(todo))
         for ex in todo:
-            record = _explain_one(llm, tokenizer, ex, config)
+            record = _explain_one(llm, tokenizer, {**ex, "prompt_format": fmt}, config)
             log.write(dumps(record) + "\n")
             log.flush()
             done[_key(ex)] = record
@@ -88,7 +91,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     seconds = time.perf_counter() - start
 
     records = [done[_key(ex)] for ex in examples]
-    heatmap = _write_outputs(out, records, model, config)
+    heatmap = _write_outputs(out, records, model, config, baseline)
     sidecar.unlink(missing_ok=True)
     examples_seen = {rec["example_id"] for rec in records}  # both targets share one prompt
     truncated = len({rec["example_id"] for rec in records if rec.get("truncated_chars", 0) > 0})
@@ -105,11 +108,23 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         "resumed": len(examples) - len(todo),
         "features": sum(len(rec["rows"]) for rec in records),
         "method": config.method,
+        "baseline": baseline.name, "baseline_token": baseline.text, "prompt_format": fmt,
         "forward_passes": sum(rec["forward_passes"] for rec in new),
         "perturbations": sum(rec["perturbations"] for rec in new),
         "truncated_examples": truncated,
         "seconds": round(seconds, 3),
     }
+
+
+def _loaded(model: str, settings: ModelSettings, config: ExplanationConfig) -> tuple:
+    """(model on its device, tokenizer, prompt format, baseline) as this run will use them."""
+    from tunelens.models.loading import load_for_inference, place_on_device
+    from tunelens.models.run_settings import resolve_prompt_format
+
+    llm, tokenizer = load_for_inference(model, dtype=settings.dtype,
+                                        trust_remote_code=settings.trust_remote_code)
+    fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
+    return place_on_device(llm), tokenizer, fmt, resolve_baseline(tokenizer, config.baseline)
 
 
 def read_examples(data: Path, config: ExplanationConfig) -> tuple[list[dict], int]:
@@ -199,7 +214,7 @@ def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
         rows.append({"example_id": ex["example_id"], "position": j, "token": token, "start": start,
                      "end": end, "category": category_at(tags, start, end), "score": float(score),
                      "method": result.method, "target_logprob": result.target_logprob,
-                     "target": ex["kind"]})
+                     "target": ex["kind"], "baseline": result.baseline})
     record = {"example_id": ex["example_id"], "kind": ex["kind"], "clause": clause,
               "target": ex["target"],
               "target_logprob": result.target_logprob, "rows": rows,
@@ -210,12 +225,13 @@ def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
 
 
 def _placed(tokenizer, ex: dict) -> tuple[str, int]:
-    """The prompt the model saw (the predictions' own, else the template) and where the clause starts."""
-    from tunelens.data.templates import render_prompt
+    """The prompt the model saw (the predictions' own, else the run's prompt format) and where
+    the clause starts."""
+    from tunelens.models.run_settings import render
 
     clause, rendered = ex["clause"], ex["rendered"]
     if not (isinstance(rendered, str) and clause in rendered):
-        rendered = render_prompt(tokenizer, clause)
+        rendered = render(tokenizer, clause, (), ex.get("prompt_format", "auto"))
     lo = rendered.rfind(clause)
     if lo < 0:
         raise TunelensError(f"example {ex['example_id']}: the prompt template does not contain the clause")
@@ -231,7 +247,8 @@ def _check_fits(llm, tokenizer, ex: dict) -> None:
                             f"cannot fit the model's context ({limit} tokens)")
 
 
-def _write_outputs(out: Path, records: list[dict], model: str, config: ExplanationConfig) -> Path | None:
+def _write_outputs(out: Path, records: list[dict], model: str, config: ExplanationConfig,
+                   baseline: Baseline) -> Path | None:
     """The parquet and, when asked, the heat-map beside it; the heat-map's path."""
     _write_parquet(out, [row for rec in records for row in rec["rows"]])
     if not config.heatmap:
@@ -239,7 +256,8 @@ def _write_outputs(out: Path, records: list[dict], model: str, config: Explanati
     if len(TARGETS[config.target]) > 1:  # say which target each heat-map explains
         records = [{**rec, "example_id": f"{rec['example_id']} · {rec['kind']}"} for rec in records]
     return write_heatmap(out.with_suffix(".html"), records, title=f"attributions: {Path(str(model)).name}",
-                         method=config.method, granularity=config.granularity, baseline=config.baseline)
+                         method=config.method, granularity=config.granularity,
+                         baseline=baseline.describe())
 
 
 def _write_parquet(out: Path, rows: list[dict]) -> None:
@@ -248,18 +266,18 @@ def _write_parquet(out: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows, columns=list(COLUMNS)).astype(
         {"example_id": "string", "position": "int32", "token": "string", "start": "int32",
          "end": "int32", "category": "string", "score": "float64", "method": "string",
-         "target_logprob": "float64", "target": "string"}
+         "target_logprob": "float64", "target": "string", "baseline": "string"}
     )
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
-def _fingerprint(model: str, data: Path, config: ExplanationConfig) -> str:
+def _fingerprint(model: str, data: Path, config: ExplanationConfig, settings: ModelSettings) -> str:
     """The content of what this run reads (the model's folders, the data) and its settings: a
     ``touch`` or a copied folder keeps finished examples, an edited row or weight does not."""
     sources = model_sources(str(model))
-    return fingerprint(config.model_dump(mode="json"), None if sources else str(model),
-                       files=[*sources, data])
+    return fingerprint(config.model_dump(mode="json"), vars(settings),
+                       None if sources else str(model), files=[*sources, data])
 
 
 def _stable_int(text: str) -> int:

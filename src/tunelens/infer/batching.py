@@ -36,10 +36,10 @@ import torch
 from transformers import StoppingCriteriaList
 
 from tunelens.config import GenerationConfig
-from tunelens.data.templates import has_chat_template
 from tunelens.errors import TunelensError
 from tunelens.infer.sampling import StopCriteria, eos_token_ids, hf_generation_config, truncate_at_stop
 from tunelens.models.context import Fitted, fit_to_context, prompt_budget
+from tunelens.models.run_settings import adds_special_tokens
 
 
 @dataclass
@@ -53,9 +53,10 @@ class Generation:
 
 
 def fit_prompts(tokenizer, prompts: list[str], budget: int | None = None) -> list[Fitted]:
-    """Token ids per prompt within ``budget``; a chat template already holds BOS, the plain
-    template gets it added."""
-    return fit_to_context(tokenizer, prompts, budget, add_special_tokens=not has_chat_template(tokenizer))
+    """Token ids per prompt within ``budget``; a prompt that starts with BOS (a rendered chat
+    template) is encoded as it is, others get BOS added (the rule training and attribution follow)."""
+    add = adds_special_tokens(tokenizer, prompts[0]) if prompts else True  # one format per call
+    return fit_to_context(tokenizer, prompts, budget, add_special_tokens=add)
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:

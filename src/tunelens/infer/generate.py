@@ -1,7 +1,8 @@
 """The ``generate`` stage: a model (run folder or path) and a JSONL of clauses in, predictions out.
 
-Prompts go through :func:`tunelens.data.templates.render_prompt`, the template training used, with
-retrieved examples placed before the clause when a RAG index is given. Decoding and batching live
+Prompts go through :func:`tunelens.models.run_settings.render` in the prompt format training
+used (recorded in the run's ``run.json``; ``chat`` or ``plain``), with retrieved examples placed
+before the clause when a RAG index is given. Decoding and batching live
 in :mod:`tunelens.infer.batching`; this module is file handling, retrieval and progress.
 
 Each output row: ``id``, ``prompt`` (the clause), ``reference`` (the input's ``completion``),
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from tunelens.config import GenerationConfig, RagConfig
 from tunelens.contracts import ClauseRow, read_rows
-from tunelens.data.templates import render_prompt
 from tunelens.errors import TunelensError
 from tunelens.infer.batching import Generation, generate_texts
 from tunelens.io import write_jsonl
@@ -46,12 +46,16 @@ def read_examples(data: Path, max_examples: int | None = None, sample_seed: int 
 
 def generate_predictions(model: str, data: Path, out: Path, config: GenerationConfig | None = None,
                          rag_index: Path | None = None, rag_k: int | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, *, dtype: str | None = None,
+                         trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
     """Generate a prediction for every row of ``data`` and write ``out`` (JSONL) atomically.
 
     ``model`` is a training run folder (full weights, or a LoRA/QLoRA adapter loaded over its
-    re-quantized base) or any model path/id. Returns a summary: rows, tokens generated, seconds,
-    tokens per second, and how many prompts were cut to fit the context.
+    re-quantized base) or any model path/id. ``dtype``, ``trust_remote_code`` and
+    ``prompt_format``, when given, override what a run's ``run.json`` records
+    (:class:`~tunelens.models.run_settings.ModelSettings`). Returns a summary: rows, tokens
+    generated, seconds, tokens per second, the prompt format, and how many prompts were cut to
+    fit the context.
     """
     config = config or GenerationConfig()
     data, out = Path(data), Path(out)
@@ -59,12 +63,16 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
     retriever, rag_k = _retriever(rag_index, rag_k)  # before the model: a bad index fails fast
 
     from tunelens.models.loading import load_for_inference, place_on_device
+    from tunelens.models.run_settings import ModelSettings, render, resolve_prompt_format
 
-    llm, tokenizer = load_for_inference(str(model))
+    settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
+    llm, tokenizer = load_for_inference(str(model), dtype=settings.dtype,
+                                        trust_remote_code=settings.trust_remote_code)
+    fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
     llm = place_on_device(llm)
     retrieved = _retrieve(retriever, rows, rag_k)
-    prompts = [render_prompt(tokenizer, row.prompt, [{"prompt": h["prompt"], "completion": h["completion"]}
-                                                      for h in hits])
+    prompts = [render(tokenizer, row.prompt, [{"prompt": h["prompt"], "completion": h["completion"]}
+                                              for h in hits], fmt)
                for row, hits in zip(rows, retrieved, strict=True)]
 
     start = time.perf_counter()
@@ -86,6 +94,7 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
         "rag_k": rag_k if retriever is not None else None,
+        "prompt_format": fmt,
         "truncated_rows": sum(g.truncated_chars > 0 for g in generations),
     }
 

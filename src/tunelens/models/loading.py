@@ -23,9 +23,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tunelens.errors import TunelensError
+from tunelens.models import references
 from tunelens.models.quantized import keep_generic_where_unpackable
+from tunelens.models.run_settings import DTYPES  # noqa: F401  (the one list; re-exported)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
@@ -51,13 +52,16 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
                device_map: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer). ``quantization`` is a :class:`tunelens.config.QuantConfig` or None.
 
-    ``dtype`` is one of :data:`DTYPES` (``auto``: what the checkpoint declares). Remote code runs
-    only when ``trust_remote_code`` is asked for explicitly.
+    ``dtype`` is one of :data:`DTYPES` (``auto``: what the checkpoint declares); one this machine
+    cannot compute in is refused before the weights are read
+    (:func:`tunelens.models.run_settings.check_dtype`). Remote code runs only when
+    ``trust_remote_code`` is asked for explicitly.
     """
     from transformers import AutoModelForCausalLM
 
     source, local_only, config = _checked_config(path_or_id, trust_remote_code)
-    kwargs = _load_kwargs(path_or_id, dtype, quantization, device_map, trust_remote_code, local_only)
+    kwargs = _load_kwargs(path_or_id, dtype, quantization, device_map, trust_remote_code, local_only,
+                          config)
     with _load_errors(path_or_id, config):
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     if quantization is not None:
@@ -80,12 +84,14 @@ def _checked_config(path_or_id: str, trust_remote_code: bool):
 
 
 def _load_kwargs(path_or_id: str, dtype: str, quantization, device_map: str | None,
-                 trust_remote_code: bool, local_only: bool) -> dict:
-    """``from_pretrained`` keyword arguments for a base model (dtype, quantization, placement)."""
+                 trust_remote_code: bool, local_only: bool, config=None) -> dict:
+    """``from_pretrained`` keyword arguments for a base model (dtype, quantization, placement);
+    the dtype is checked to be one this machine computes in (``auto``: the one ``config`` declares)."""
     import torch
 
-    if dtype not in DTYPES:
-        raise TunelensError(f"{path_or_id}: unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    from tunelens.models.run_settings import check_dtype
+
+    check_dtype(dtype, path_or_id, config)
     kwargs: dict = {"trust_remote_code": trust_remote_code, "local_files_only": local_only,
                     "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device_map:
@@ -133,17 +139,25 @@ def bnb_config(quant):
     )
 
 
-def load_for_inference(model: str, quantization=None):
+def load_for_inference(model: str, quantization=None, *, dtype: str | None = None,
+                       trust_remote_code: bool | None = None):
     """Load a trained run folder (full weights or a PEFT adapter over its base) or any model path/id.
 
     A folder with an ``adapter_config.json`` is an adapter: peft's ``AutoPeftModelForCausalLM``
     loads the base the adapter names (``base_model_name_or_path``: training loads local bases by
     their absolute path, see :func:`_source`) and puts the adapter on it, unmerged. The base is
-    re-quantized the way it was trained for ``qlora`` runs (``run.json``'s ``quantization``).
+    re-quantized the way it was trained for ``qlora`` runs (``run.json``'s ``quantization``), and
+    loaded in the dtype and with the remote-code setting ``run.json`` records unless ``dtype`` /
+    ``trust_remote_code`` are given (:class:`~tunelens.models.run_settings.ModelSettings`).
     """
+    from tunelens.models.run_settings import ModelSettings
+
+    settings = ModelSettings.of(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    dtype, trust_remote_code = settings.dtype, settings.trust_remote_code
     folder = Path(model)
     if not (folder / "adapter_config.json").is_file():
-        return load_model(model, quantization=quantization)
+        return load_model(model, dtype=dtype, quantization=quantization,
+                          trust_remote_code=trust_remote_code)
     from peft import AutoPeftModelForCausalLM
 
     info = _run_info(folder)
@@ -152,13 +166,13 @@ def load_for_inference(model: str, quantization=None):
 
         quantization = QuantConfig(**info.get("quantization", {}))
     base = _adapter_base(folder, info)
-    _, local_only, config = _checked_config(base, False)
-    kwargs = _load_kwargs(base, "float32", quantization, None, False, local_only)
+    _, local_only, config = _checked_config(base, trust_remote_code)
+    kwargs = _load_kwargs(base, dtype, quantization, None, trust_remote_code, local_only, config)
     with _load_errors(base, config):
         tuned = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if quantization is not None:
         keep_generic_where_unpackable(tuned)
-    return tuned, load_tokenizer(model)
+    return tuned, load_tokenizer(model, trust_remote_code)
 
 
 def model_sources(model: str) -> list[Path]:
@@ -166,8 +180,8 @@ def model_sources(model: str) -> list[Path]:
     for an adapter, its base (when that is local). Empty for a hub id. A stage fingerprints their
     content (:func:`tunelens.fingerprint.fingerprint`) to know when a model changed."""
     folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return []
+    if not folder.is_dir():  # a .gguf file is its own content; a short name's is pinned
+        return [folder] if folder.is_file() and references.is_gguf_reference(model) else []
     sources = [folder]
     if (folder / "adapter_config.json").is_file():
         base = Path(_adapter_base(folder, _run_info(folder))).expanduser()
@@ -197,30 +211,50 @@ def _adapter_base(folder: Path, info: dict) -> str:
         raise TunelensError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
     if looks_like_path(base) and not Path(base).expanduser().exists():
         recorded = info.get("base_model")
+        if _reconverted(recorded, base):
+            return base
         hint = f" (run.json records {recorded})" if recorded and recorded != base else ""
         raise TunelensError(f"{folder / 'adapter_config.json'}: the base model {base} is not "
                             f"there{hint}; the adapter cannot be loaded without it")
     return base
 
 
+def _reconverted(recorded, base: str) -> bool:
+    """Whether a run trained on a GGUF reference gets its de-quantised base back, the cache having
+    been cleared: the folder is named by the file's hash, so converting again recreates it."""
+    if not isinstance(recorded, str) or not references.is_gguf_reference(recorded):
+        return False
+    with contextlib.suppress(TunelensError):
+        return references.resolve(recorded) == str(Path(base).expanduser())
+    return False
+
+
 def _source(path_or_id: str) -> tuple[str, bool]:
     """(what to pass to ``from_pretrained``, whether to stay off the network) or a one-line error.
 
-    A local folder wins, by its absolute path: transformers records that as the model's
-    ``name_or_path``, which peft writes into an adapter's config as its base, so an adapter
-    trained from a relative path still finds its base from any working folder. Anything shaped
+    A ``.gguf`` file or a short name (``smollm2-135m``) becomes the local folder it was
+    de-quantised into (:mod:`tunelens.models.references`). A local folder wins, by its absolute
+    path: transformers records that as the model's ``name_or_path``, which peft writes into an
+    adapter's config as its base, so an adapter trained from a relative path still finds its
+    base from any working folder. Anything shaped
     like a path that does not exist fails at once, as does a hub id when the hub cannot be
     reached and the files are not in the local cache.
     """
     if not str(path_or_id).strip():
         raise TunelensError("empty model path or hub id")
+    converted = references.resolve(path_or_id)  # a .gguf file or short name: its cached folder
+    if converted is not None:
+        return converted, False
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise TunelensError(f"{path_or_id}: is a file; expected a model folder or a hub id")
+            raise TunelensError(f"{path_or_id}: is a file; expected a model folder, a .gguf file "
+                                "or a hub id")
         return str(path.resolve()), False
     if looks_like_path(path_or_id):
         raise TunelensError(f"{path_or_id}: no such model folder")
+    if (misspelt := references.unknown_short_name(path_or_id)) is not None:
+        raise TunelensError(misspelt)
     if _offline():
         if not _cached(path_or_id):
             raise TunelensError(

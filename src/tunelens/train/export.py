@@ -5,7 +5,10 @@
   de-quantized to fp32 (bitsandbytes' NF4 → fp32 via transformers' ``dequantize``), not into the
   original full-precision weights. The merged model reproduces base-4bit + adapter up to float
   rounding; it is an fp32 checkpoint (re-quantize it at load time if wanted).
-* full / freeze: the run already holds full weights; they are re-saved as they are.
+* full / freeze: the run already holds full weights; they are re-saved in fp32.
+
+Whatever dtype the run trained in, the export is fp32 (``export.json`` says so), and a base that
+needed ``trust_remote_code`` is loaded with it, as run.json records.
 
 The output folder gets the weights, the tokenizer and ``export.json`` (where it came from), and is
 written atomically.
@@ -34,11 +37,12 @@ def export_merged(run_dir: Path, out: Path) -> Path:
 
     from tunelens.models.loading import load_model, load_tokenizer
 
+    trust = bool(info.get("trust_remote_code", False))  # the base's own code, as training ran it
     if has_adapter:
-        model = _merged(run_dir, info)
+        model = _merged(run_dir, info, trust)
     else:
-        model, _ = load_model(str(run_dir))
-    tokenizer = load_tokenizer(str(run_dir))
+        model, _ = load_model(str(run_dir), trust_remote_code=trust)  # float32, whatever was saved
+    tokenizer = load_tokenizer(str(run_dir), trust)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -54,7 +58,7 @@ def export_merged(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def _merged(run_dir: Path, info: dict):
+def _merged(run_dir: Path, info: dict, trust_remote_code: bool):
     import torch
     from peft import PeftModel
 
@@ -65,10 +69,11 @@ def _merged(run_dir: Path, info: dict):
     if not base_id:
         raise TunelensError(f"{run_dir / 'run.json'}: no 'base_model' to merge the adapter into")
     if info.get("strategy") == "qlora":
-        base, _ = load_model(base_id, quantization=QuantConfig(**(info.get("quantization") or {})))
+        base, _ = load_model(base_id, quantization=QuantConfig(**(info.get("quantization") or {})),
+                             trust_remote_code=trust_remote_code)
         base = base.dequantize()
     else:
-        base, _ = load_model(base_id)
+        base, _ = load_model(base_id, trust_remote_code=trust_remote_code)
     base = base.to(torch.float32)
     tuned = PeftModel.from_pretrained(base, str(run_dir))
     merged = tuned.merge_and_unload()

@@ -1,10 +1,12 @@
 """Training objectives: how a (prompt, completion) row becomes what TRL's SFTTrainer learns from.
 
 * ``instruct``: TRL's prompt/completion format. The prompt is the exact text generation and
-  attribution feed the model (:func:`tunelens.data.templates.render_prompt`: the tokenizer's chat
-  template when it has one, else the plain template; see :func:`trl_prompt` for BOS) and the
-  completion ends with EOS, so the tuned model learns to stop. TRL masks the prompt tokens out
-  of the loss (label -100).
+  attribution feed the model (:func:`tunelens.models.run_settings.render` in the run's prompt
+  format: the tokenizer's chat template, or the plain template; see :func:`trl_prompt` for BOS)
+  and the completion ends with EOS, so the tuned model learns to stop. TRL masks the prompt
+  tokens out of the loss (label -100) and the padding by *position* (its collator's attention
+  mask), never by token id: with a chat model whose pad token is its end-of-turn token (SmolLM2),
+  the EOS label that teaches it to stop survives (``tests/test_train_formats.py`` checks it).
 * ``causal``: TRL's language-modelling format. Prompt and completion are joined by the plain
   template (:func:`render_causal`) plus EOS, and every token is a target.
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelens.contracts import ClauseRow, read_rows
-from tunelens.data.templates import has_chat_template, render_causal, render_prompt
+from tunelens.data.templates import render_causal
 from tunelens.errors import TunelensError
+from tunelens.models.run_settings import adds_special_tokens, render
 from tunelens.train.catalog import OBJECTIVES
 
 
@@ -36,18 +39,20 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     return [row.model_dump() for row in read_rows(path, ClauseRow, require=("completion",))]
 
 
-def format_rows(rows: list[dict], tokenizer, objective: str) -> list[dict]:
-    """Rows in the TRL format of ``objective`` (text only; TRL tokenises)."""
+def format_rows(rows: list[dict], tokenizer, objective: str, prompt_format: str = "auto") -> list[dict]:
+    """Rows in the TRL format of ``objective`` (text only; TRL tokenises). ``prompt_format``
+    (``chat``, ``plain`` or ``auto``) renders instruct prompts; causal rows are always plain."""
     check_objective(objective)
-    return _FORMAT[objective](rows, tokenizer, tokenizer.eos_token or "")
+    return _FORMAT[objective](rows, tokenizer, tokenizer.eos_token or "", prompt_format)
 
 
-def _instruct_rows(rows: list[dict], tokenizer, eos: str) -> list[dict]:
-    return [{"prompt": trl_prompt(tokenizer, r["prompt"]), "completion": _with_eos(r["completion"], eos)}
+def _instruct_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str) -> list[dict]:
+    return [{"prompt": trl_prompt(tokenizer, r["prompt"], prompt_format),
+             "completion": _with_eos(r["completion"], eos)}
             for r in rows]
 
 
-def _causal_rows(rows: list[dict], tokenizer, eos: str) -> list[dict]:
+def _causal_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str) -> list[dict]:
     return [{"text": _with_eos(render_causal(r["prompt"], r["completion"]), eos)} for r in rows]
 
 
@@ -55,16 +60,17 @@ def _causal_rows(rows: list[dict], tokenizer, eos: str) -> list[dict]:
 _FORMAT = {"instruct": _instruct_rows, "causal": _causal_rows}
 
 
-def trl_prompt(tokenizer, prompt: str) -> str:
-    """``render_prompt``'s text, as TRL must see it to produce the ids generation feeds the model.
+def trl_prompt(tokenizer, prompt: str, prompt_format: str = "auto") -> str:
+    """``render``'s text, as TRL must see it to produce the ids generation feeds the model.
 
     TRL tokenises a text prompt with the tokenizer's special tokens (BOS) added. A chat template
     usually writes BOS into the text already, and generation then encodes it without adding
-    another; so that TRL does not train on a doubled BOS, the template's leading special-token
-    text is dropped when the tokenizer adds exactly those tokens itself.
+    another (:func:`~tunelens.models.run_settings.adds_special_tokens`); so that TRL does not
+    train on a doubled BOS, the template's leading special-token text is dropped when the
+    tokenizer adds exactly those tokens itself.
     """
-    text = render_prompt(tokenizer, prompt)
-    if has_chat_template(tokenizer):
+    text = render(tokenizer, prompt, (), prompt_format)
+    if not adds_special_tokens(tokenizer, text):
         added = tokenizer("", add_special_tokens=True)["input_ids"]
         lead = tokenizer.decode(added) if added else ""
         if lead and text.startswith(lead):
@@ -72,10 +78,10 @@ def trl_prompt(tokenizer, prompt: str) -> str:
     return text
 
 
-def to_dataset(rows: list[dict], tokenizer, objective: str):
+def to_dataset(rows: list[dict], tokenizer, objective: str, prompt_format: str = "auto"):
     from datasets import Dataset
 
-    return Dataset.from_list(format_rows(rows, tokenizer, objective))
+    return Dataset.from_list(format_rows(rows, tokenizer, objective, prompt_format))
 
 
 def example_text(example: dict) -> str:

@@ -34,6 +34,7 @@ from tunelens.errors import TunelensError
 from tunelens.fingerprint import fingerprint
 from tunelens.io import read_json, write_json
 from tunelens.layout import RunIdentity
+from tunelens.models.run_settings import ModelSettings
 from tunelens.train import curriculum
 from tunelens.train.callbacks import (
     GradualUnfreezing,
@@ -45,7 +46,7 @@ from tunelens.train.callbacks import (
 from tunelens.train.objectives import check_objective, format_rows, load_split
 from tunelens.train.strategies import StrategySpec, apply_strategy, check_strategy, count_params, load_base
 from tunelens.train.tracking import Tracker
-from tunelens.train.trainer_args import completion_positions_only, precision, sft_config
+from tunelens.train.trainer_args import check_optimizer, completion_positions_only, precision, sft_config
 
 CHECKPOINTS = "checkpoints"
 RESUME = "resume.json"
@@ -75,6 +76,7 @@ class RunInputs:
     train_rows: list[dict]
     val_rows: list[dict]
     identity: dict
+    settings: ModelSettings = ModelSettings()
 
     @property
     def is_local(self) -> bool:
@@ -91,7 +93,7 @@ class RunInputs:
         files += [self.data_dir / "train.jsonl", self.data_dir / "val.jsonl"]
         model_id = None if self.is_local else self.model  # a moved copy of a local model is the same
         return fingerprint("train", model_id, self.strategy, self.objective,
-                           self.config.model_dump(mode="json"), files=files)
+                           self.config.model_dump(mode="json"), vars(self.settings), files=files)
 
 
 @dataclass
@@ -112,16 +114,24 @@ class Session:
 def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
           config: TrainConfig | None = None, tracking: TrackingConfig | None = None,
           run_name: str | None = None, *, callbacks: list | None = None,
-          progress: bool = False, identity: dict | None = None) -> dict:
+          progress: bool = False, identity: dict | None = None, dtype: str | None = None,
+          trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data_dir/{train,val}.jsonl``; return the run.json written to ``out``.
 
+    ``dtype``, ``trust_remote_code`` and ``prompt_format`` are the model's
+    (:class:`~tunelens.config.ModelSpec`): the base is loaded and prompted that way, and run.json
+    records them (the prompt format resolved) so later stages reload the run the same way; not
+    given, they are what ``model``'s own run.json records (a run trained further), else the
+    schema's defaults.
     ``callbacks`` are extra transformers ``TrainerCallback`` objects; ``progress`` shows a rich bar.
     ``identity`` is the run's :meth:`RunIdentity.to_dict` (the study passes it); without it the
     identity this call knows is recorded. Raises KeyboardInterrupt when interrupted (after
     checkpointing on the first Ctrl-C); rerun to resume.
     """
     out = Path(out)
-    inputs = read_inputs(model, Path(data_dir), strategy, objective, config or TrainConfig(), identity)
+    settings = ModelSettings.of(model, dtype, trust_remote_code, prompt_format)
+    inputs = read_inputs(model, Path(data_dir), strategy, objective, config or TrainConfig(), identity,
+                         settings)
     with _quiet_libraries(), completion_positions_only():
         session = build_trainer(inputs, partial_dir(out), callbacks, progress)
         resume, resume_from = prepare_resume(session.work, inputs.fingerprint())
@@ -136,15 +146,17 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
 
 
 def read_inputs(model: str, data_dir: Path, strategy: str, objective: str, config: TrainConfig,
-                identity: dict | None) -> RunInputs:
+                identity: dict | None, settings: ModelSettings | None = None) -> RunInputs:
     """Check the names and read both splits (``file:line`` on a bad row) before loading a model."""
     check_strategy(strategy)
     check_objective(objective)
+    check_optimizer(config.optimizer)
     return RunInputs(
         model=model, data_dir=data_dir, strategy=strategy, objective=objective, config=config,
         spec=StrategySpec.from_config(strategy, config),
         train_rows=load_split(data_dir, "train"), val_rows=load_split(data_dir, "val"),
         identity=run_identity(model, strategy, objective, identity),
+        settings=settings or ModelSettings(),
     )
 
 
@@ -180,10 +192,11 @@ def build_trainer(inputs: RunInputs, work: Path, callbacks: list | None, progres
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
 
-    config, spec = inputs.config, inputs.spec
-    base, tokenizer = load_base(inputs.model, spec)
-    train_examples = format_rows(inputs.train_rows, tokenizer, inputs.objective)
-    val_examples = format_rows(inputs.val_rows, tokenizer, inputs.objective)
+    config, spec, settings = inputs.config, inputs.spec, inputs.settings
+    base, tokenizer = load_base(inputs.model, spec, settings.dtype, settings.trust_remote_code)
+    fmt = settings.record(tokenizer)["prompt_format"]  # 'chat' without a template fails here
+    train_examples = format_rows(inputs.train_rows, tokenizer, inputs.objective, fmt)
+    val_examples = format_rows(inputs.val_rows, tokenizer, inputs.objective, fmt)
     train_examples = curriculum.order(train_examples, config.curriculum, tokenizer, base,
                                       batch_size=config.batch_size)
     set_seed(config.seed)
@@ -288,6 +301,7 @@ def _run_info(session: Session, result, resume: dict, val_after: float, resumed_
         "strategy": inputs.strategy,
         "objective": inputs.objective,
         "base_model": inputs.base_model,
+        **inputs.settings.record(session.tokenizer),
         "adapter": inputs.spec.is_adapter,
         "trainable_params": session.params[0],
         "total_params": session.params[1],

@@ -23,6 +23,9 @@ from tunelens.errors import TunelensError
 from tunelens.models.quantized import use_autograd_4bit
 from tunelens.train.catalog import ADAPTER_STRATEGIES, STRATEGIES
 
+# Gradient checkpointing for every strategy: non-reentrant (see tunelens.train.trainer_args).
+CHECKPOINTING = {"use_reentrant": False}
+
 
 @dataclass(frozen=True)
 class StrategySpec:
@@ -91,7 +94,8 @@ def _qlora(model, spec: StrategySpec):
         )
     from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                                            gradient_checkpointing_kwargs=dict(CHECKPOINTING))
     use_autograd_4bit(model)  # a model being trained keeps the autograd-capable 4-bit path
     return _add_lora(model, spec.lora, use_dora=False)
 
@@ -216,8 +220,8 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
-def load_base(model: str, spec: StrategySpec, dtype: str = "float32"):
-    """(model, tokenizer) loaded the way the strategy needs (4-bit for qlora).
+def load_base(model: str, spec: StrategySpec, dtype: str = "float32", trust_remote_code: bool = False):
+    """(model, tokenizer) loaded the way the strategy needs (4-bit for qlora), in ``dtype``.
 
     A quantized model is placed at load time (the Trainer never moves one), so on a GPU machine
     it goes straight to the first GPU; an unquantized one is moved by the Trainer itself.
@@ -227,4 +231,5 @@ def load_base(model: str, spec: StrategySpec, dtype: str = "float32"):
     from tunelens.models.loading import load_model
 
     device_map = "cuda:0" if spec.quantization is not None and torch.cuda.is_available() else None
-    return load_model(model, dtype=dtype, quantization=spec.quantization, device_map=device_map)
+    return load_model(model, dtype=dtype, quantization=spec.quantization, device_map=device_map,
+                      trust_remote_code=trust_remote_code)

@@ -16,6 +16,19 @@ by length (the Trainer's ``group_by_length``) would cut the ~36% padding of a ra
 demo's rows as well, but its long-to-short order within each mega-batch lowered the demo cell's
 rule parse rate on both seeds tried, so batches stay random.
 
+Gradient checkpointing, when asked for, is non-reentrant for every strategy
+(:data:`CHECKPOINTING`): the reentrant variant computes no gradient for a checkpointed block
+whose input does not require one, which is every block above a frozen embedding (``freeze``,
+and LoRA/QLoRA without ``enable_input_require_grads``); the non-reentrant one needs no such hook.
+
+The optimizer (``train.optimizer``) is torch's AdamW or bitsandbytes' 8-bit AdamW, plain or paged
+(:data:`OPTIMIZERS`, the Trainer's ``optim`` names). 8-bit states take a quarter of AdamW's fp32
+states; bitsandbytes keeps 32-bit states for tensors under 4096 elements. On a CPU the paged
+variant runs as the plain 8-bit one (bitsandbytes falls back and warns): paging helps only under
+GPU memory pressure. :func:`check_optimizer` runs one step of the chosen optimizer on a small
+tensor before any model is loaded, so a bitsandbytes that is missing or cannot run here is one
+line, not a failure after loading.
+
 Private API, pinned: the switch is TRL's ``trl.trainer.utils._use_triton``;
 ``tests/test_private_apis.py`` fails by name when TRL moves it.
 """
@@ -27,7 +40,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunelens.config import TrainConfig
-from tunelens.train.strategies import StrategySpec
+from tunelens.errors import TunelensError
+from tunelens.train.strategies import CHECKPOINTING, StrategySpec
+
+# train.optimizer -> (the Trainer's ``optim`` name, the bitsandbytes class, None for torch's)
+OPTIMIZERS = {"adamw": ("adamw_torch", None), "adamw_8bit": ("adamw_bnb_8bit", "AdamW8bit"),
+              "paged_adamw_8bit": ("paged_adamw_8bit", "PagedAdamW8bit")}
 
 
 def learning_rate(config: TrainConfig, spec: StrategySpec) -> float:
@@ -64,6 +82,8 @@ def sft_config(config: TrainConfig, spec: StrategySpec, objective: str, output_d
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs=dict(CHECKPOINTING) if config.gradient_checkpointing else None,
+        optim=OPTIMIZERS[config.optimizer][0],
         max_length=config.max_length,
         weight_decay=config.weight_decay,
         neftune_noise_alpha=config.neftune_noise_alpha,
@@ -92,6 +112,35 @@ def sft_config(config: TrainConfig, spec: StrategySpec, objective: str, output_d
         disable_tqdm=True,
         dataloader_pin_memory=False,
     )
+
+
+def check_optimizer(name: str) -> None:
+    """One step of ``name`` on a 4096-element tensor (the smallest bitsandbytes keeps in 8 bits)
+    on the training device; a one-line error when it cannot run."""
+    import warnings
+
+    import torch
+
+    class_name = OPTIMIZERS[name][1]
+    if class_name is None:
+        return
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise TunelensError(f"train.optimizer {name} needs bitsandbytes: pip install "
+                            "'bitsandbytes>=0.47'") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        weight = torch.nn.Parameter(torch.ones(64, 64, device=device))
+        optimizer = getattr(bnb.optim, class_name)([weight], lr=1e-3)
+        weight.sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "paged optimizers are not supported on CPU"
+            optimizer.step()
+    except Exception as exc:  # noqa: BLE001 - whatever bitsandbytes raises, it cannot run here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TunelensError(f"train.optimizer {name}: bitsandbytes {bnb.__version__} cannot run it on "
+                            f"this machine's {device} ({first}); use adamw") from None
 
 
 @contextlib.contextmanager
