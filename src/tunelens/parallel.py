@@ -188,14 +188,15 @@ _STOP = None
 
 
 def _init_worker(events, stop, threads: int, study_run: tuple[str, str] | None) -> None:
-    """Once per worker: die with the parent, ignore Ctrl-C while idle, set torch's threads, nest
-    training runs under the study's MLflow run."""
+    """Once per worker: die with the parent, ignore Ctrl-C while idle, quiet the libraries as the
+    CLI does, set torch's threads, nest training runs under the study's MLflow run."""
     global _EVENTS, _STOP
     _EVENTS, _STOP = events, stop
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from tunelens.cli.options import set_threads
+    from tunelens.runtime import quiet_libraries, set_threads
 
+    quiet_libraries()  # warning filters and logger levels do not cross a spawn
     set_threads(threads)
     if study_run is not None:
         from tunelens.train.tracking import adopt_study_run

@@ -47,23 +47,6 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(rag_app, name="rag")
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars and tables are the output: silence the libraries' bars and chatter."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in ("mlflow", "alembic", "bitsandbytes", "httpx", "sentence_transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and return its exit code (0, 1, 2 or 130, see the module doc).
 
@@ -71,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C (130) instead of exiting, so the value it returns is the exit code.
     """
     import tunelens.cli  # noqa: F401  (registers every verb)
+    from tunelens.runtime import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         code = app(args=argv, prog_name="tunelens", standalone_mode=False)
     except TunelensError as exc:

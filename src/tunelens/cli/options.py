@@ -8,8 +8,6 @@ cannot drift apart; defaults shown in help come from :mod:`tunelens.config`, nev
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import typer
 
 from tunelens.errors import TunelensError
 from tunelens.format import DASH, number
+from tunelens.runtime import set_threads  # noqa: F401  (each verb's --threads)
 
 OUT_HELP = "Written atomically (nothing half-written on failure); checked writable before any work."
 THREADS_HELP = ("CPU threads for torch; default: torch's (one per core). 1 is often faster for "
@@ -29,22 +28,6 @@ def existing(path: Path, what: str = "file") -> Path:
     if not Path(path).exists():
         raise TunelensError(f"{path}: no such {what}")
     return path
-
-
-def set_threads(n: int | None) -> None:
-    """Use ``n`` CPU threads for torch (and the OpenMP/MKL pools it starts), when ``n`` is given.
-
-    On a busy machine torch's default (one thread per core) spin-waits and makes small models many
-    times slower. The environment variables cover libraries that read them when first loaded.
-    """
-    if n is None:
-        return
-    if "torch" not in sys.modules:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(n)
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def check_choice(value: str | None, registry: Mapping, flag: str) -> str | None:

@@ -239,14 +239,15 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
     zoo_root = zoo or default_zoo_root()
     device = _device()
     memory = study_estimates(study, cells, zoo_root, device)
-    floor = _time_floor(memory, study, threads) if dry_run else {}
+    floor = _time_floor(memory, study, threads) if dry_run else None  # a probe: dry runs only
     table = _table(f"study '{study.name}': {len(cells)} cells (runs are model__strategy__"
                    "objective[__rag][__s<seed>])",
-                   ("run", "training peak GB", "training compute"), right_from=1)
+                   ("run", "training peak GB") + (("training compute",) if floor else ()),
+                   right_from=1)
     for c in cells:
         est = memory[c.train_name]
-        table.add_row(c.name, DASH if est is None else f"{est.total / 1024**3:.1f}",
-                      floor.get(c.train_name, DASH))
+        peak = DASH if est is None else f"{est.total / 1024**3:.1f}"
+        table.add_row(c.name, peak, *((floor.get(c.train_name, DASH),) if floor else ()))
     console.print(table)
     budget = memory_gb or machine_memory_gb(device)
     if dry_run:
