@@ -177,3 +177,102 @@ def categories_cmd(
         return
     opt.print_table(f"{summary['lines']} line(s) tagged into {out}", ("category", "spans"),
                     summary["spans"].items(), left=1)
+
+
+def _generate_defaults():
+    from tunelens.data.generate.run import GenerateSettings
+
+    return GenerateSettings(n=1)
+
+
+def _default(name: str) -> str:
+    """A ``data generate`` default as help text (from the settings, never restated)."""
+    value = getattr(_generate_defaults(), name)
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _generate_settings(**flags):
+    """The defaults with the flags given (None or an empty list: not given) laid over them."""
+    from dataclasses import replace
+
+    return replace(_generate_defaults(), **{k: v for k, v in flags.items() if v not in (None, ())})
+
+
+def _bundled_templates() -> str:
+    from tunelens.data.generate.templates import bundled_ids
+
+    return ", ".join(bundled_ids())
+
+
+@data_app.command("generate")
+def data_generate_cmd(
+    n: int = typer.Option(..., "--n", min=1, help="Rows to keep."),
+    input: Path = typer.Option(..., "--input", help="Seeds: clause rows (.jsonl/.csv/.tsv with a "
+                               "prompt, clause or text column; completion or rule optional) or a "
+                               "document (.txt/.md) cut into clauses."),
+    generator: str = typer.Option(..., "--generator", help="A local model (any model reference: "
+                                  "smollm2-135m, a path, a hub id), or with --generator-url the "
+                                  "model name the server knows; a URL here is --generator-url."),
+    out: Path = typer.Option(..., "--out", help="Rows to write (.jsonl), appended batch by batch "
+                             "(each batch whole), with FILE.rejects.jsonl and FILE.card.json beside "
+                             "it; a rerun continues where it stopped; checked writable first."),
+    generator_url: str = typer.Option(None, "--generator-url", help="OpenAI-compatible server "
+                                      "(Ollama, vLLM, llama.cpp, a hosted API)."),
+    template: list[str] = typer.Option(None, "--template", help="Bundled template id (optionally "
+                                       "id@version) or a .j2 file; repeat for several. Bundled: "
+                                       f"{_bundled_templates()}; default: {_default('templates')}."),
+    temperature: list[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling "
+                                            "temperature (0 = greedy); repeat to sweep; default: "
+                                            f"{_default('temperatures')}."),
+    top_p: list[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus "
+                                      "sampling; repeat to sweep (crossed with --temperature); "
+                                      f"default: {_default('top_ps')}."),
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Most tokens per reply; "
+                                   f"default: {_default('max_tokens')}."),
+    compliance: bool = typer.Option(None, "--compliance/--no-compliance", help="Keep only rows "
+                                    "whose rule parses and runs on its sample designs; default: "
+                                    "when a template writes rules or the seeds' rules are RULE lines."),
+    embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Report MiniLM "
+                                    "embedding spread per batch."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Requests per batch "
+                                   f"(one checkpoint each); default: {_default('batch_size')}."),
+    concurrency: int = typer.Option(None, "--concurrency", min=1, help="Most requests in flight "
+                                    f"to a server; default: {_default('concurrency')}."),
+    max_attempts: int = typer.Option(None, "--max-attempts", min=1, help="Stop after this many "
+                                     "requests even if fewer than --n rows were kept; by default four "
+                                     "times --n."),
+    timeout: float = typer.Option(None, "--timeout", min=0.1, help="Seconds per request; "
+                                  f"default: {_default('timeout')}."),
+    seed: int = typer.Option(None, "--seed", help="Seed of sampling and of "
+                             f"MinHash; default: {_default('seed')}."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable holding "
+                                    "the server's API key (none for local servers)."),
+    threads: int = opt.threads_option(),
+) -> None:
+    """Write instruction pairs with an LLM from seed clauses, filtered, de-duplicated, resumable."""
+    from tunelens.data.generate.run import generate_data
+
+    check_writable(out, "file")
+    opt.existing(input)
+    opt.set_threads(threads)
+    settings = _generate_settings(
+        n=n, embeddings=embeddings, templates=tuple(template or ()),
+        temperatures=tuple(temperature or ()), top_ps=tuple(top_p or ()), max_tokens=max_tokens,
+        compliance=compliance, batch_size=batch_size, concurrency=concurrency,
+        max_attempts=max_attempts, timeout=timeout, seed=seed, api_key_env=api_key_env)
+    card = generate_data(input, out, generator, settings, url=generator_url,
+                         progress=err_console.is_terminal)
+    _print_generated(card, out)
+
+
+def _print_generated(card: dict, out: Path) -> None:
+    rows = card["rows"]
+    console.print(f"wrote {out}: {rows['kept']} kept of {rows['attempted']} generated, "
+                  f"{rows['rejected']} rejected into {card['rejects_file']}; data card beside them")
+    opt.print_table("rejected by filter", ("filter", "rows"),
+                    card["rejected_by_filter"].items(), left=1)
+    opt.print_table("batches", ("batch", "attempted", "kept", "distinct-1", "distinct-2",
+                                "spread", "distance to seed"),
+                    ((b["batch"], b["attempted"], b["kept"], b.get("distinct_1"),
+                      b.get("distinct_2"), b.get("spread"), b.get("distance_to_seed"))
+                     for b in card["batches"]), left=0)

@@ -42,6 +42,16 @@ def load_table(path: Path, config: DataConfig) -> tuple[list[dict], dict]:
     (``dropped_columns``) so the data card can say so.
     """
     path = Path(path)
+    records, columns = read_records(path)
+    if not records:
+        raise TunelensError(f"{path}: empty file, no rows to read")
+    return _map_columns(path, records, columns, config)
+
+
+def read_records(path: Path) -> tuple[Records, list[str]]:
+    """``([(file:line, row), ...], columns)`` of a JSONL, CSV, TSV or Parquet file, by its
+    extension; an unknown extension, a missing file or a malformed row is one line."""
+    path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise TunelensError(f"{path}: unknown extension '{path.suffix}' (expected one of "
@@ -51,14 +61,10 @@ def load_table(path: Path, config: DataConfig) -> tuple[list[dict], dict]:
     if path.is_dir():
         raise TunelensError(f"{path}: is a folder, expected a file")
     if kind == "jsonl":
-        records, columns = _read_jsonl(path)
-    elif kind == "parquet":
-        records, columns = _read_parquet(path)
-    else:
-        records, columns = _read_csv(path, "\t" if kind == "tsv" else ",")
-    if not records:
-        raise TunelensError(f"{path}: empty file, no rows to read")
-    return _map_columns(path, records, columns, config)
+        return _read_jsonl(path)
+    if kind == "parquet":
+        return _read_parquet(path)
+    return _read_csv(path, "\t" if kind == "tsv" else ",")
 
 
 def _read_jsonl(path: Path) -> tuple[Records, list[str]]:

@@ -1,0 +1,1 @@
+"""LLM-written training data (``tunelens data generate``): seeds, templates, generators, filters."""

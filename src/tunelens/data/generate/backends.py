@@ -1,0 +1,148 @@
+"""The model that writes the data: an OpenAI-compatible endpoint or a local model.
+
+Endpoints (Ollama, vLLM, llama.cpp's server, a hosted API) go through the ``openai`` client,
+which retries 429/5xx/timeouts with back-off; requests of a batch run on at most
+``concurrency`` threads, so a server is never asked for more than that at once. The API key is
+read from the environment variable the user names (local servers need none). A failure that
+survives the retries stops the run with one line naming the URL; the batches already written
+stay, and a rerun continues after them.
+
+A local model is loaded by any reference tunelens accepts (``smollm2-135m``, a path, a hub id,
+a run folder) and decoded by :func:`tunelens.infer.batching.generate_texts`, the batched loop
+every stage uses; prompts go through the tokenizer's chat template when it has one.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tunelens.errors import TunelensError
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    temperature: float  # 0 is greedy
+    top_p: float
+    seed: int
+
+
+class EndpointGenerator:
+    """``/v1/chat/completions`` of any OpenAI-compatible server (module docstring)."""
+
+    def __init__(self, url: str, model: str, *, api_key_env: str | None, max_tokens: int,
+                 timeout: float, retries: int, concurrency: int):
+        from openai import OpenAI
+
+        from tunelens.evaluate.judge import api_base, chat_endpoint
+
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise TunelensError(f"environment variable {api_key_env} (the API key) is not set")
+        self.endpoint = chat_endpoint(url)
+        self.name = f"{model} at {self.endpoint}"
+        self.model, self.max_tokens, self.timeout = model, max_tokens, timeout
+        self.concurrency, self.attempts = concurrency, retries + 1
+        self._client = OpenAI(base_url=api_base(url), api_key=key or "none", max_retries=retries,
+                              timeout=timeout)
+
+    def identity(self) -> dict:
+        return {"kind": "endpoint", "url": self.endpoint, "model": self.model}
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: Request) -> str:
+        import openai
+
+        try:
+            reply = self._client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": request.prompt}],
+                temperature=request.temperature, top_p=request.top_p,
+                max_tokens=self.max_tokens, seed=request.seed)
+        except openai.APITimeoutError:
+            raise self._fail(f"no reply within {self.timeout:g} s") from None
+        except openai.APIConnectionError as exc:
+            raise self._fail(f"cannot connect ({_line(exc.__cause__ or exc)})") from None
+        except openai.APIStatusError as exc:
+            raise self._fail(f"HTTP {exc.status_code} ({_line(exc.response.text)[:200]})") from None
+        except openai.OpenAIError as exc:
+            raise self._fail(f"{type(exc).__name__} ({_line(exc)})") from None
+        try:
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise self._fail("not an OpenAI-style chat completion reply") from None
+        return content if isinstance(content, str) else ""
+
+    def _fail(self, what: str) -> TunelensError:
+        return TunelensError(f"generator at {self.endpoint}: {what} after {self.attempts} "
+                             "attempt(s); rerun the same command to continue")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class LocalGenerator:
+    """A local causal LM, batched through :func:`~tunelens.infer.batching.generate_texts`."""
+
+    def __init__(self, model: str, *, max_tokens: int, batch_size: int):
+        from tunelens.models.loading import load_for_inference, place_on_device
+
+        self.name = f"local model {model}"
+        self.model_ref, self.max_tokens, self.batch_size = model, max_tokens, batch_size
+        llm, self.tokenizer = load_for_inference(model)
+        self.llm = place_on_device(llm)
+
+    def identity(self) -> dict:
+        return {"kind": "local", "model": self.model_ref}
+
+    def _chat(self, prompt: str) -> str:
+        from tunelens.data.templates import has_chat_template
+
+        if not has_chat_template(self.tokenizer):
+            return prompt + "\n"
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  tokenize=False, add_generation_prompt=True)
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        from tunelens.config import GenerationConfig
+        from tunelens.infer.batching import generate_texts
+
+        replies: list[str] = [""] * len(requests)
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.temperature, r.top_p), []).append(i)
+        for (temperature, top_p), members in groups.items():
+            sample = temperature > 0
+            config = GenerationConfig(
+                max_new_tokens=self.max_tokens, do_sample=sample,
+                temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
+                stop=[], batch_size=self.batch_size, seed=requests[members[0]].seed)
+            outs = generate_texts(self.llm, self.tokenizer,
+                                  [self._chat(requests[i].prompt) for i in members], config)
+            for i, out in zip(members, outs, strict=True):
+                replies[i] = out.samples[0]
+        return replies
+
+    def close(self) -> None:
+        pass
+
+
+def _line(obj) -> str:
+    text = str(obj).strip()
+    return text.splitlines()[0] if text else type(obj).__name__
+
+
+def make_generator(generator: str, url: str | None, *, api_key_env: str | None, max_tokens: int,
+                   timeout: float, retries: int, concurrency: int, batch_size: int):
+    """An endpoint when a URL is given (``--generator-url``, or ``--generator`` is one), else a
+    local model by reference."""
+    if generator.startswith(("http://", "https://")):
+        url, generator = generator, "default"
+    if url:
+        return EndpointGenerator(url, generator, api_key_env=api_key_env, max_tokens=max_tokens,
+                                 timeout=timeout, retries=retries, concurrency=concurrency)
+    return LocalGenerator(generator, max_tokens=max_tokens, batch_size=batch_size)
