@@ -19,6 +19,32 @@ clause data with the demo study's ``train`` settings. The ``before`` rows switch
 saving of :mod:`tunelens.train.trainer_args` (TRL's fused LM head scoring only labelled positions)
 in the same run, interleaved with the others, so the "after / before" ratios are measured under
 the same load; the last columns divide by the TRL-defaults row.
+
+    python benchmarks/train_throughput.py --smollm2 --steps 4 --threads 1
+
+``--smollm2`` trains ``smollm2-135m`` (its de-quantised cached folder, given to both) with LoRA at
+TrainConfig's defaults (batch 8, max length 256, rank 8, every linear, float32) on the bundled
+clauses, with and without gradient checkpointing, beside plain TRL's SFTTrainer + peft on the same
+settings (``TRL lora [gc]``, compared with the tunelens row of the same checkpointing);
+``before fix`` undoes the memory fix in the same run: 4,096-column vocabulary tiles
+(:func:`tunelens.train.trainer_args.small_vocab_tiles`) and glibc's mmap threshold pinned
+(:mod:`tunelens.train.heap`; the ``gc`` rows of tunelens ask for it with ``train.release_memory``,
+which is off by default). Validation is cut to 16 rows (it is not measured).
+Measured here, 4 steps, 1 thread, load average 2.9 / 2.7 / 3.7 (2 cores shared with two other
+jobs: times move with the load, peaks do not; the same runs at load ~5 gave 1,468 / 2,654 MB):
+
+    run                          tokens/s   peak RSS MB   peak vs TRL   peak after / before
+    tunelens lora                      95         5,034         0.87x
+    TRL lora                           75         5,768
+    tunelens lora gc                   44         1,478         0.43x                 0.54x
+    tunelens lora gc before fix        68         2,756         0.80x
+    TRL lora gc                        57         3,442
+
+Of the 1.3 GB saved with checkpointing, ~1.1 GB were freed activations glibc kept mapped (the
+pin); the pin costs page faults, so that run's tokens/s dropped 1.55x, which is why it is a
+choice of its own (``train.release_memory``): checkpointing alone stays under 3 GB (the ``before
+fix`` row). Without checkpointing the peak is the saved activations (~4.5 GB at
+8 x 256 by :mod:`tunelens.memory`; the bundled rows are shorter).
 """
 
 from __future__ import annotations
@@ -41,6 +67,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RUNS = ("tunelens full", "tunelens full before", "tunelens lora", "tunelens lora before",
         "tunelens qlora", "TRL defaults (full)")
 PEER = "TRL defaults (full)"
+SMOLLM2_RUNS = ("tunelens lora", "TRL lora", "tunelens lora gc", "tunelens lora gc before fix", "TRL lora gc")
+BEFORE = (" before", " before fix")  # a run's "before" row: one of these suffixes
 
 
 def write_data(folder: Path, n_train: int = 160, n_val: int = 32) -> Path:
@@ -69,6 +97,15 @@ def demo_data(folder: Path) -> Path:
     return folder
 
 
+def smollm2_data(folder: Path, n_val: int = 16) -> Path:
+    """The bundled clauses, with the validation split cut to ``n_val`` rows: validation is not what
+    is measured (the peak is sampled during training) and costs minutes on SmolLM2."""
+    demo_data(folder)
+    val = (folder / "val.jsonl").read_text().splitlines(keepends=True)
+    (folder / "val.jsonl").write_text("".join(val[:n_val]))
+    return folder
+
+
 def demo_study():
     from tunelens.config import load_study
     from tunelens.study import bundled_example
@@ -92,35 +129,53 @@ def base_model(work: Path, preset: str = "quick") -> str:
         return str(save_checkpoint(model, tokenizer, work / "fresh"))
 
 
-def switch_off_cpu_savings() -> None:
-    """The settings before the CPU saving: TRL's fused LM head scores every position."""
-    from tunelens.train import runner
+def switch_off(run: str) -> None:
+    """The settings before a CPU saving: ``before`` runs TRL's fused LM head as TRL does on a CPU
+    (every position scored, 32k-column vocabulary tiles; :mod:`tunelens.train.trainer_args`),
+    ``before fix`` keeps the labelled-positions saving and undoes the memory fix (small tiles, and
+    glibc's mmap threshold pinned under gradient checkpointing: :mod:`tunelens.train.heap`)."""
+    from tunelens.train import runner, trainer_args
 
-    runner.completion_positions_only = contextlib.nullcontext
+    if run.endswith("before"):
+        runner.cpu_lm_head = contextlib.nullcontext
+    elif run.endswith("before fix"):
+        trainer_args.small_vocab_tiles = contextlib.nullcontext
+        runner.pin_mmap_threshold = lambda: False
 
 
 def one(run: str, model: str, data: Path, steps: int, work: Path, demo: bool = False) -> dict:
     """Run one configuration in this process and return its measurements."""
     from tunelens.config import TrackingConfig, TrainConfig
 
-    if run.startswith("tunelens"):
-        from tunelens.train import train
+    words = run.split()
+    if words[0] != "tunelens":
+        return one_trl(run, model, data, steps, work)
+    from tunelens.train import train
 
-        strategy = run.split()[1]
-        if run.endswith("before"):
-            switch_off_cpu_savings()
-        config = demo_study().train if demo else TrainConfig()
-        started = time.perf_counter()
-        info = train(model, data, work / strategy, strategy, "instruct",
-                     config.model_copy(update={"max_steps": steps}), TrackingConfig(enabled=False))
-        return {"trainable": info["trainable_params"], "total": info["total_params"],
-                "steps": info["global_step"], "tokens_per_second": info["tokens_per_second"],
-                "peak_rss_mb": info["peak_rss_mb"], "wall_seconds": info["wall_seconds"],
-                "run_seconds": time.perf_counter() - started, "val_loss": info["val_loss_after"]}
+    strategy = words[1]
+    switch_off(run)
+    config = demo_study().train if demo else TrainConfig()
+    config = config.model_copy(update={"max_steps": steps, "gradient_checkpointing": "gc" in words,
+                                       "release_memory": "gc" in words})
+    started = time.perf_counter()
+    info = train(model, data, work / strategy, strategy, "instruct", config, TrackingConfig(enabled=False))
+    return {"trainable": info["trainable_params"], "total": info["total_params"],
+            "steps": info["global_step"], "tokens_per_second": info["tokens_per_second"],
+            "peak_rss_mb": info["peak_rss_mb"], "wall_seconds": info["wall_seconds"],
+            "run_seconds": time.perf_counter() - started, "val_loss": info["val_loss_after"]}
+
+
+def one_trl(run: str, model: str, data: Path, steps: int, work: Path) -> dict:
+    """Plain TRL: its defaults (``TRL defaults (full)``), or ``TRL lora [gc]``, our LoRA settings
+    (TrainConfig's defaults: batch 8, max length 256, rank 8, alpha 16, every linear, float32)
+    given to SFTTrainer and peft as a user would, with checkpointing as the run's name says."""
+    import peft
+    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from tunelens.config import TrainConfig
     from tunelens.io import read_jsonl
     from tunelens.train.callbacks import PeakMemory
     from tunelens.train.objectives import format_rows
@@ -128,19 +183,28 @@ def one(run: str, model: str, data: Path, steps: int, work: Path, demo: bool = F
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = format_rows(read_jsonl(data / "train.jsonl"), tokenizer, "instruct")
     peak = PeakMemory()
-    import torch
-
     # TRL defaults bf16 on and refuses a CPU-only machine unless told: the one setting added there
+    settings = {} if torch.cuda.is_available() else {"use_cpu": True}
+    lora = None
+    if run != PEER:
+        config = TrainConfig()
+        settings |= {"per_device_train_batch_size": config.batch_size, "max_length": config.max_length,
+                     "learning_rate": config.learning_rate, "bf16": False,
+                     "gradient_checkpointing": run.endswith(" gc")}
+        lora = peft.LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha,
+                               lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules,
+                               task_type="CAUSAL_LM")
     args = SFTConfig(output_dir=str(work / "trl"), max_steps=steps, report_to="none",
-                     include_num_input_tokens_seen="non_padding", save_strategy="no",
-                     **({} if torch.cuda.is_available() else {"use_cpu": True}))
+                     include_num_input_tokens_seen="non_padding", save_strategy="no", **settings)
     started = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[peak])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), callbacks=[peak],
+                         peft_config=lora)
     trained = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - trained
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    return {"trainable": n_params, "total": n_params, "steps": trainer.state.global_step,
+    params = list(trainer.model.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+            "total": sum(p.numel() for p in params), "steps": trainer.state.global_step,
             "tokens_per_second": trainer.state.num_input_tokens_seen / result.metrics["train_runtime"],
             "peak_rss_mb": peak.peak_rss_mb, "wall_seconds": wall,
             "run_seconds": time.perf_counter() - started, "val_loss": None}
@@ -183,23 +247,35 @@ def print_table(results: dict[str, dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    peer = results.get(PEER, {})
     table = Table(title=title)
     for col in ("run", "trainable / total params", "steps", "tokens/s", "peak RSS MB", "train s",
-                "run s", "val loss", "after / before", "tokens/s vs TRL", "run s vs TRL"):
+                "run s", "val loss", "after / before", "peak after / before", "tokens/s vs TRL",
+                "run s vs TRL", "peak vs TRL"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for run, r in results.items():
-        before = results.get(f"{run} before") if not run.endswith("before") else None
+        before = next((results[run + b] for b in BEFORE if run + b in results), None)
+        peer = results.get(peer_of(run), {})
         table.add_row(run, f"{r['trainable']:,} / {r['total']:,}", str(r["steps"]),
                       f"{r['tokens_per_second']:,.0f}", f"{r['peak_rss_mb']:,.0f}",
                       f"{r['wall_seconds']:.1f}", f"{r['run_seconds']:.1f}",
                       "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}",
                       ratio(before and before["run_seconds"], r["run_seconds"]),
+                      ratio(r["peak_rss_mb"], before and before["peak_rss_mb"]),
                       ratio(r["tokens_per_second"], peer.get("tokens_per_second")),
-                      ratio(r["run_seconds"], peer.get("run_seconds")))
-    Console(width=max(Console().width, 180)).print(table)
+                      ratio(r["run_seconds"], peer.get("run_seconds")),
+                      ratio(r["peak_rss_mb"], peer.get("peak_rss_mb")))
+    Console(width=max(Console().width, 200)).print(table)
     print("after / before: how many times faster a whole run (load, train, validation, save) got; "
-          "run s vs TRL: below 1x is faster than plain TRL")
+          "run s vs TRL: below 1x is faster than plain TRL; peak: below 1x is less memory; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def peer_of(run: str) -> str:
+    """The plain-TRL row a run is compared with: ``TRL lora [gc]`` for a LoRA run when measured
+    (same settings), else TRL's defaults."""
+    if run.startswith("tunelens lora"):
+        return "TRL lora gc" if " gc" in run else "TRL lora"
+    return PEER
 
 
 def main() -> None:
@@ -209,6 +285,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's)")
     parser.add_argument("--demo", action="store_true",
                         help="the demo ladder's largest model, bundled data and demo train settings")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="smollm2-135m LoRA at 8 x 256, with and without gradient checkpointing, "
+                             "beside plain TRL on the same settings, and the small-tile fix undone")
     parser.add_argument("--repeat", type=int, default=1, help="repeats per run; medians are shown")
     parser.add_argument("--runs", help="comma-separated subset of: " + ", ".join(RUNS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -223,13 +302,21 @@ def main() -> None:
         result = one(args.one, args.model, Path(args.data), args.steps, Path(args.work), args.demo)
         print("RESULT " + json.dumps(result))
         return
-    runs = tuple(r.strip() for r in args.runs.split(",")) if args.runs else RUNS
+    runs = tuple(r.strip() for r in args.runs.split(",")) if args.runs else (
+        SMOLLM2_RUNS if args.smollm2 else RUNS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = demo_data(work / "data") if args.demo else write_data(work / "data")
+        if args.smollm2:
+            from tunelens.models import references
+
+            args.model = references.resolve("smollm2-135m", progress=False)  # one folder for both
+            data = smollm2_data(work / "data")
+        else:
+            data = demo_data(work / "data") if args.demo else write_data(work / "data")
         model = args.model or base_model(work, "demo" if args.demo else "quick")
         results = medians(measure(runs, model, data, work, args))
-    print_table(results, f"training throughput: {Path(model).name}, {args.steps} steps, torch threads "
+    name = "smollm2-135m" if args.smollm2 else Path(model).name
+    print_table(results, f"training throughput: {name}, {args.steps} steps, torch threads "
                          f"{args.threads or 'default'}, median of {args.repeat}")
 
 

@@ -96,3 +96,19 @@ def test_estimate_is_within_30_percent_of_a_measured_training_peak(quick_zoo_dir
     assert est.trainable == run["trainable_params"]
     measured = run["peak_rss_mb"] * 1024**2
     assert abs(est.total - measured) / measured < 0.30, (est.parts_gb(), measured / GB)
+
+
+@pytest.mark.parametrize(("device", "tile"), [("cpu", 4096 * 4 * 6), ("cuda", 32768 * 4)])
+def test_logits_are_the_fused_heads_tile_not_full_logits(device, tile):
+    """TRL's fused LM head never holds batch x length x vocabulary: with SmolLM2's 49k vocabulary
+    at 8 x 256 the term is one tile per scored position (at most 4,096 positions at a time)."""
+    shape = Shape(params=10, linear=[(2, 2)], layers=1, per_layer_params=10, hidden=2,
+                  intermediate=4, kv_dim=2, heads=1, vocab=49152)
+    est = training_memory(shape, "lora", TrainConfig(batch_size=8, max_length=256), device=device)
+    assert est.logits == 8 * 256 * tile
+    assert est.logits < 8 * 256 * 49152 * 4  # less than one copy of the full logits
+    bigger = training_memory(shape, "lora", TrainConfig(batch_size=64, max_length=256), device=device)
+    assert bigger.logits == 4096 * tile  # tiles of at most 4,096 positions
+    small = Shape(**{**vars(shape), "vocab": 400})
+    assert training_memory(small, "lora", TrainConfig(), device=device).logits == 8 * 256 * 400 * 4 * (
+        6 if device == "cpu" else 1)

@@ -14,9 +14,13 @@ costs nothing to inspect):
   values (after Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models", adapted to the gated MLP and grouped-query attention), plus each adapter's input under
   LoRA dropout. With gradient checkpointing only every layer's input is kept, and one layer is
-  recomputed at a time.
-- **logits**: batch × length × vocabulary in float32, three times (logits, log-softmax and its
-  gradient): with a 49k vocabulary this is a gigabyte at 8 × 256.
+  recomputed at a time; that holds on the CPU because training then pins glibc's mmap threshold
+  (:mod:`tunelens.train.heap`): without it freed activations stayed mapped, ~1 GB on SmolLM2.
+- **logits**: never batch × length × vocabulary (that would be a gigabyte for SmolLM2's 49k
+  vocabulary at 8 × 256, in float32, three times): TRL's fused LM head projects at most 4,096
+  scored positions at a time onto a tile of the vocabulary, 32,768 columns in place on CUDA, 4,096
+  columns on the CPU where its torch fallback holds about six float32 copies of a tile
+  (:func:`tunelens.train.trainer_args.small_vocab_tiles`): ~0.2 GB at 8 × 256.
 - **runtime**: the process itself (Python, torch, transformers, TRL), measured here at ~0.72 GB on
   the CPU; a CUDA context on a GPU.
 
@@ -38,6 +42,9 @@ from tunelens.errors import TunelensError
 GB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = {"cpu": 0.72 * GB, "cuda": 0.5 * GB}
+# TRL's fused LM head: scored positions per tile, and (vocabulary columns, float32 copies) per device
+HEAD_TOKENS = 4096
+HEAD_TILES = {"cpu": (4096, 6), "cuda": (32768, 1)}
 QLORA_BYTES = 0.5 + 4 / 64 / 8  # 4-bit weights, double-quantised absmax per 64 values
 
 
@@ -136,11 +143,18 @@ def training_memory(shape: Shape, strategy: str, train: TrainConfig, dtype: str 
         gradients=trainable * (4 if adapters else e),
         optimizer=trainable * (state_bytes if not adapters else 8),
         activations=activations,
-        logits=3 * tokens * shape.vocab * 4,
+        logits=head_tiles(tokens, shape.vocab, device),
         runtime=RUNTIME_BYTES["cuda" if device == "cuda" else "cpu"],
         trainable=trainable,
         flops_per_step=flops_per_token * tokens * train.gradient_accumulation_steps,
     )
+
+
+def head_tiles(tokens: int, vocab: int, device: str = "cpu") -> float:
+    """Bytes of the fused LM head's tile at its peak (every position taken as scored: an upper
+    bound for instruction data, exact for causal)."""
+    columns, copies = HEAD_TILES["cuda" if device == "cuda" else "cpu"]
+    return min(tokens, HEAD_TOKENS) * min(columns, vocab) * 4 * copies
 
 
 def _top_layers(shape: Shape, k: int) -> int:

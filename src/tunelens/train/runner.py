@@ -43,10 +43,11 @@ from tunelens.train.callbacks import (
     RichProgress,
     SessionTokens,
 )
+from tunelens.train.heap import pin_mmap_threshold
 from tunelens.train.objectives import check_objective, format_rows, load_split
 from tunelens.train.strategies import StrategySpec, apply_strategy, check_strategy, count_params, load_base
 from tunelens.train.tracking import Tracker
-from tunelens.train.trainer_args import check_optimizer, completion_positions_only, precision, sft_config
+from tunelens.train.trainer_args import check_optimizer, cpu_lm_head, precision, sft_config
 
 CHECKPOINTS = "checkpoints"
 RESUME = "resume.json"
@@ -132,7 +133,9 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
     settings = ModelSettings.of(model, dtype, trust_remote_code, prompt_format)
     inputs = read_inputs(model, Path(data_dir), strategy, objective, config or TrainConfig(), identity,
                          settings)
-    with _quiet_libraries(), completion_positions_only():
+    if inputs.config.release_memory:  # memory over time: see tunelens.train.heap
+        pin_mmap_threshold()
+    with _quiet_libraries(), cpu_lm_head():
         session = build_trainer(inputs, partial_dir(out), callbacks, progress)
         resume, resume_from = prepare_resume(session.work, inputs.fingerprint())
         tracker = None
