@@ -12,6 +12,7 @@ from tunelens.errors import TunelensError
 from tunelens.explain import attribute
 from tunelens.explain import scorer as scorer_module
 from tunelens.explain.features import build_features
+from tunelens.explain.packing import pair_up
 from tunelens.explain.scorer import Scorer
 
 PROMPT = "Doors shall provide a clear opening of at least 32 inches (815 mm)."
@@ -31,6 +32,7 @@ def test_scorer_matches_full_forward_for_each_variant(micro_model, monkeypatch, 
     if chunk_positions:  # the head applied a few positions at a time, chunks crossing rows
         chunk_bytes = chunk_positions * 4 * model.config.vocab_size
         monkeypatch.setitem(scorer_module.HEAD_CHUNK_BYTES, "cpu", chunk_bytes)
+        monkeypatch.setattr(scorer_module, "HEAD_MIN_ROWS", 1)
     ids = np.array(tok(PROMPT)["input_ids"])
     target = np.array(tok(TARGET, add_special_tokens=False)["input_ids"])
     variants = [ids.copy() for _ in range(5)]
@@ -46,6 +48,47 @@ def test_scorer_matches_full_forward_for_each_variant(micro_model, monkeypatch, 
     for row, v in zip(got, variants, strict=True):
         np.testing.assert_allclose(row, _reference_logprobs(model, tok, v, target), atol=1e-5)
     np.testing.assert_allclose(prepared.logprobs, _reference_logprobs(model, tok, ids, target), atol=1e-5)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_packed_rows_score_exactly_and_compute_fewer_positions(micro_model, monkeypatch, drop_last):
+    """Two perturbations per row over the cached prefix (odd and even counts, one deletion that
+    shifts the rest, several packed passes) give the model's own log-probs for every variant."""
+    model, tok = micro_model
+    monkeypatch.setitem(scorer_module.PACK_TOKENS, "cpu", 64)  # several packed passes
+    ids = np.array(tok(PROMPT)["input_ids"])
+    target = np.array(tok(TARGET, add_special_tokens=False)["input_ids"])
+    firsts = list(range(1, len(ids) - int(drop_last)))
+    variants = [np.where(np.arange(len(ids)) == p, tok.unk_token_id, ids) for p in firsts]
+    variants.append(np.delete(ids, [4]))
+    firsts.append(4)
+    computed = {}
+    for packs in (True, False):
+        scorer = Scorer(model)
+        prepared = scorer.prepare(ids, target)
+        assert scorer.packs is True  # the one-time check passed on a Llama
+        scorer.packs = packs
+        counted = []
+        hook = model.base_model.register_forward_pre_hook(
+            lambda m, a, kw, counted=counted: counted.append(kw["input_ids"].numel()), with_kwargs=True)
+        try:
+            got = scorer.score(prepared, variants, firsts)
+        finally:
+            hook.remove()
+        computed[packs] = sum(counted)
+        for row, v in zip(got, variants, strict=True):
+            np.testing.assert_allclose(row, _reference_logprobs(model, tok, v, target), atol=2e-5)
+    exact = sum(len(v) - p + len(target) - 1 for v, p in zip(variants, firsts, strict=True))
+    # the deletion breaks the complementary lengths by one token: a few positions of padding
+    assert exact <= computed[True] <= 1.07 * exact < computed[False]
+
+
+def test_pair_up_fills_rows_with_complementary_suffixes():
+    rows, width = pair_up(np.array([5, 9, 7, 6, 8, 4]))
+    assert width == 13 and sorted(i for r in rows for i in r) == list(range(6))
+    assert sorted(sorted(r) for r in rows) == [[0, 4], [1, 5], [2, 3]]
+    rows, width = pair_up(np.array([3, 10, 9]))  # 10 + 3 fills a row, 9 goes alone
+    assert width == 13 and sorted(map(sorted, rows)) == [[0, 1], [2]]
 
 
 @pytest.mark.parametrize("baseline", ["unk", "delete"])

@@ -34,10 +34,17 @@ import numpy as np
 import torch
 
 from tunelens.errors import TunelensError
+from tunelens.explain.packing import pack, pair_up
 
 MAX_BATCH = 256
 PASS_COST_TOKENS = {"cpu": 64, "cuda": 1024}
 HEAD_CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
+# at least this many positions per head chunk: the head's weight (113 MB for SmolLM2's 49k vocabulary)
+# is read once per chunk, and 4 MiB chunks of 21 positions made the head memory-bound (2x slower)
+HEAD_MIN_ROWS = 256
+# positions per packed pass: on CPU, 1024 keeps a layer's MLP activations near the cache (the
+# element-wise SiLU and products ran 2.5x slower on 4,000-position batches); matmuls lose nothing
+PACK_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
 @dataclass
@@ -77,6 +84,8 @@ class Scorer:
         takes_cache = "cache" in inspect.signature(body.forward).parameters
         self.cache_kw = "cache" if takes_cache else "past_key_values"
         self.head_only: bool | None = None  # decided on the first prompt
+        self.packs: bool | None = None  # packed rows checked on the first prompt with a cache
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.forward_passes = 0
         self.scored = 0
 
@@ -100,7 +109,10 @@ class Scorer:
             if self.head_only is None:
                 self.head_only = self._head_matches(prompt_ids, target_ids)
             logprobs, cache = self._batch([prompt_ids], 0, target_ids, None, keep_cache=self.reuse_prefix)
-        return Prepared(prompt_ids, target_ids, logprobs[0], cache)
+            prepared = Prepared(prompt_ids, target_ids, logprobs[0], cache)
+            if self.packs is None and cache is not None:
+                self.packs = self._packing_matches(prepared)
+        return prepared
 
     def score(self, prepared: Prepared, variants: Sequence[np.ndarray],
               first_changed: Sequence[int]) -> np.ndarray:
@@ -120,14 +132,58 @@ class Scorer:
         if prepared.cache is None:
             shared = np.zeros_like(shared)
         order = np.argsort(-shared, kind="stable")
+        plan = self._plan(shared[order], lengths[order], len(prepared.target_ids))
+        if prepared.cache is not None and self.packs and not self.batch_size:
+            n_target = len(prepared.target_ids)
+            rows, width = pair_up(lengths - shared + n_target - 1)
+            plain = sum((b - a) * int(lengths[order[a:b]].max() - shared[order[a:b]].min() + n_target - 1)
+                        for a, b in plan)
+            if len(rows) * width < plain:  # positions computed, padding included
+                self._score_packed(prepared, variants, shared, rows, width, out)
+                return out
         with self._inference():
-            for start, stop in self._plan(shared[order], lengths[order], len(prepared.target_ids)):
+            for start, stop in plan:
                 rows = order[start:stop]
                 prefix = int(shared[rows].min())
                 logprobs, _ = self._batch([variants[i] for i in rows], prefix, prepared.target_ids,
                                           prepared.cache)
                 out[rows] = logprobs
         return out
+
+    def _score_packed(self, prepared: Prepared, variants, shared: np.ndarray, rows: list[list[int]],
+                      width: int, out: np.ndarray) -> None:
+        """Score packed rows (:mod:`tunelens.explain.packing`) in batches the memory budget allows."""
+        n_target = len(prepared.target_ids)
+        prefix = int(shared.max())
+        per_row = self.row_bytes(np.array([prefix]), np.array([width]), n_target)[0]
+        cap = PACK_TOKENS.get(self.device.type, PACK_TOKENS["cuda"]) // width
+        size = int(max(1, min(MAX_BATCH, cap, self.memory_budget // max(per_row, 1))))
+        with self._inference():
+            for start in range(0, len(rows), size):
+                batch = rows[start:start + size]
+                index = [i for row in batch for i in row]
+                local = {i: k for k, i in enumerate(index)}
+                packed = pack([variants[i] for i in index], shared[index], prepared.target_ids,
+                              [[local[i] for i in row] for row in batch], width, self.pad_id, self.dtype,
+                              self.device)
+                past = self._expanded(prepared.cache, packed.prefix, len(batch))
+                given = {self.cache_kw: past, "use_cache": past is not None,
+                         "position_ids": packed.positions}
+                out[index] = self._pick(packed.ids, packed.mask, given, packed.gather_rows,
+                                        packed.gather_cols, prepared.target_ids)
+
+    def _packing_matches(self, prepared: Prepared) -> bool:
+        """Do two packed copies of the unperturbed prompt, scored from different cached prefixes,
+        reproduce its log-probs? (Architectures that ignore ``position_ids`` or 4-D masks fail.)"""
+        n = len(prepared.prompt_ids)
+        shared = np.array([n // 3, (2 * n) // 3])
+        out = np.empty((2, len(prepared.target_ids)))
+        suffix = n - shared + len(prepared.target_ids) - 1
+        self._score_packed(prepared, [prepared.prompt_ids] * 2, shared, [[0, 1]], int(suffix.sum()), out)
+        self.forward_passes -= 1
+        self.scored -= 2
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        return bool(np.allclose(out, prepared.logprobs[None], atol=5e-2 if half else 1e-4, rtol=1e-4))
 
     # -- batching ------------------------------------------------------------------------------
 
@@ -201,46 +257,59 @@ class Scorer:
         gather = torch.as_tensor(starts[:, None] + np.arange(n_target)[None, :], device=self.device)
         ids_t = torch.as_tensor(ids, device=self.device)
         mask_t = torch.as_tensor(mask, device=self.device)
-        past = None
-        if prefix > 0:
-            from transformers import DynamicCache
-
-            past = DynamicCache(ddp_cache_data=[
-                (k[:, :, :prefix].expand(n_rows, -1, -1, -1), v[:, :, :prefix].expand(n_rows, -1, -1, -1))
-                for k, v in cache
-            ])
-        use_cache = keep_cache or past is not None
+        past = self._expanded(cache, prefix, n_rows)
+        given = {self.cache_kw: past, "use_cache": keep_cache or past is not None}
         row_index = torch.arange(n_rows, device=self.device)[:, None]
-        target_t = torch.as_tensor(target, device=self.device).expand(n_rows, -1).reshape(-1, 1)
-        given = {self.cache_kw: past, "use_cache": use_cache}
+        kept = [] if keep_cache else None
+        scores = self._pick(ids_t, mask_t, given, row_index, gather, target, kept)
+        return scores, (_plain_layers(kept[0]) if keep_cache else None)
+
+    def _expanded(self, cache, prefix: int, n_rows: int):
+        """The cached prefix ``[0, prefix)`` as a cache for ``n_rows`` rows (views, no copies)."""
+        if prefix <= 0 or cache is None:
+            return None
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[
+            (k[:, :, :prefix].expand(n_rows, -1, -1, -1), v[:, :, :prefix].expand(n_rows, -1, -1, -1))
+            for k, v in cache
+        ])
+
+    def _pick(self, ids, mask, given: dict, rows: torch.Tensor, cols: torch.Tensor, target: np.ndarray,
+              kept: list | None = None) -> np.ndarray:
+        """One forward pass; log p(target token t) read at ``[rows, cols[:, t]]`` for each output row.
+
+        With ``head_only`` the head runs only at those positions. ``kept`` receives the cache.
+        """
+        n_out, n_target = cols.shape
+        target_t = torch.as_tensor(target, device=self.device).expand(n_out, -1).reshape(-1, 1)
         if self.head_only:
-            out = self.body(input_ids=ids_t, attention_mask=mask_t, **given)
-            picked = out.last_hidden_state[row_index, gather].reshape(n_rows * n_target, -1)
-            picked_lp = self._head_logprobs(picked, target_t).view(n_rows, n_target)
+            out = self.body(input_ids=ids, attention_mask=mask, **given)
+            picked = out.last_hidden_state[rows, cols].reshape(n_out * n_target, -1)
+            picked_lp = self._head_logprobs(picked, target_t).view(n_out, n_target)
         else:
-            out = self.model(input_ids=ids_t, attention_mask=mask_t, **given)
-            logits = out.logits[row_index, gather].reshape(n_rows * n_target, -1)
-            picked_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_t).view(n_rows, n_target)
+            out = self.model(input_ids=ids, attention_mask=mask, **given)
+            logits = out.logits[rows, cols].reshape(n_out * n_target, -1)
+            picked_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_t).view(n_out, n_target)
         self.forward_passes += 1
-        self.scored += n_rows
-        kept = None
-        if keep_cache:
-            kept = _plain_layers(out[self.cache_kw])
-        return picked_lp.double().cpu().numpy(), kept
+        self.scored += n_out
+        if kept is not None:
+            kept.append(out[self.cache_kw])
+        return picked_lp.double().cpu().numpy()
 
     def _head_logprobs(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """log p(target) from hidden states [positions, hidden], the head applied in chunks.
 
-        On CPU each chunk's logits (``HEAD_CHUNK_BYTES``) are normalised while they are still in
-        the cache: with a large vocabulary, projecting all positions at once and then reading the
-        logits back for the log-softmax is memory-bound (up to 2x slower with a 16k vocabulary,
-        see benchmarks/attribution_speed.py). It also keeps the logits' memory independent of the
-        batch size.
+        On CPU each chunk's logits (``HEAD_CHUNK_BYTES``, at least ``HEAD_MIN_ROWS`` positions) are
+        normalised soon after they are written: with a large vocabulary, projecting all positions
+        at once and then reading the logits back for the log-softmax is memory-bound (up to 2x
+        slower with a 16k vocabulary, see benchmarks/attribution_speed.py), and so are chunks too
+        small to amortise reading the head's weight. It also bounds the logits' memory.
         """
         out = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
         vocab = getattr(self.config, "vocab_size", None) or 32000
         chunk_bytes = HEAD_CHUNK_BYTES.get(self.device.type, HEAD_CHUNK_BYTES["cuda"])
-        step = max(1, chunk_bytes // (4 * vocab))
+        step = max(HEAD_MIN_ROWS, chunk_bytes // (4 * vocab))
         for start in range(0, len(hidden), step):
             chunk = slice(start, start + step)
             logits = self._postprocess(self.head(hidden[chunk])).float()
