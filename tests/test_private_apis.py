@@ -51,3 +51,17 @@ def test_trl_fused_head_device_switch():
     assert callable(getattr(trl_utils, "_use_triton", None)), (
         "trl.trainer.utils._use_triton is gone: update "
         "tunelens.train.trainer_args.completion_positions_only to TRL's new API")
+
+
+def test_trl_fused_head_tile_constant():
+    """small_vocab_tiles swaps TRL's private ``trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE``,
+    which the fused forward reads at call time; without it the CPU peak grows by ~0.6 GB on
+    SmolLM2 and nothing fails."""
+    from trl.trainer import utils as trl_utils
+
+    assert isinstance(getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None), int), (
+        "trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE is gone: update "
+        "tunelens.train.trainer_args.small_vocab_tiles to TRL's new API")
+    assert "_CHUNKED_LOGPROB_CHUNK_SIZE" in inspect.getsource(trl_utils.add_fused_lm_head), (
+        "TRL's fused LM head no longer reads _CHUNKED_LOGPROB_CHUNK_SIZE: update "
+        "tunelens.train.trainer_args.small_vocab_tiles")

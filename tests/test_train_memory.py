@@ -4,7 +4,6 @@ that is learned. The SmolLM2 peak itself is measured by ``benchmarks/train_throu
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -17,20 +16,6 @@ from tunelens.config import TrainConfig
 from tunelens.train import StrategySpec
 from tunelens.train.objectives import format_rows
 from tunelens.train.trainer_args import cpu_lm_head, sft_config, small_vocab_tiles
-
-
-def test_trl_fused_head_tile_constant():
-    """small_vocab_tiles swaps TRL's private ``trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE``,
-    which the fused forward reads at call time; without it the CPU peak grows by ~0.6 GB on
-    SmolLM2 and nothing fails."""
-    from trl.trainer import utils as trl_utils
-
-    assert isinstance(getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None), int), (
-        "trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE is gone: update "
-        "tunelens.train.trainer_args.small_vocab_tiles to TRL's new API")
-    assert "_CHUNKED_LOGPROB_CHUNK_SIZE" in inspect.getsource(trl_utils.add_fused_lm_head), (
-        "TRL's fused LM head no longer reads _CHUNKED_LOGPROB_CHUNK_SIZE: update "
-        "tunelens.train.trainer_args.small_vocab_tiles")
 
 
 def test_small_vocab_tiles_keep_loss_and_gradients(micro_model, tmp_path, monkeypatch):
