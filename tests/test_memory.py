@@ -72,6 +72,8 @@ def test_the_budget_names_the_largest_cell():
     with pytest.raises(TunelensError, match=r"cell b needs .* \(and 1 more cells\)"):
         check_budget([("a", small), ("b", big), ("c", None)], small.total / GB * 0.5, "s.yaml")
     check_budget([("a", small), ("c", None)], small.total / GB * 1.01, "s.yaml")
+    with pytest.raises(TunelensError, match=r"per worker with 2 at once"):  # --jobs 2: half each
+        check_budget([("a", small)], small.total / GB * 1.01, "s.yaml", workers=2)
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])

@@ -238,13 +238,16 @@ def matmul_rate(threads: int | None = None, size: int = 512, seconds: float = 0.
 
 
 def check_budget(rows: list[tuple[str, MemoryEstimate | None]], budget_gb: float,
-                 origin: str) -> None:
-    """Refuse, in one line, a study with a cell whose estimate exceeds ``budget_gb``."""
-    over = [(name, est) for name, est in rows if est is not None and est.total / GB > budget_gb]
+                 origin: str, workers: int = 1) -> None:
+    """Refuse, in one line, a study with a cell whose estimate exceeds its share of
+    ``budget_gb``: with ``workers`` cells training at once, each gets ``budget_gb / workers``."""
+    share = budget_gb / workers
+    over = [(name, est) for name, est in rows if est is not None and est.total / GB > share]
     if over:
         name, est = max(over, key=lambda r: r[1].total)
         more = f" (and {len(over) - 1} more cells)" if len(over) > 1 else ""
+        per = f" per worker with {workers} at once" if workers > 1 else ""
         raise TunelensError(
             f"{origin}: cell {name} needs about {est.total / GB:.1f} GB to train, more than the "
-            f"{budget_gb:.1f} GB available{more}; use a smaller batch or max_length, gradient "
-            "checkpointing, LoRA/QLoRA, or --memory-gb if this machine has more")
+            f"{share:.1f} GB available{per}{more}; use a smaller batch or max_length, gradient "
+            "checkpointing, LoRA/QLoRA, fewer --jobs, or --memory-gb if this machine has more")

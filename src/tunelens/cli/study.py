@@ -186,8 +186,9 @@ def run_cmd(
     study_file: Path = typer.Argument(..., help="The study YAML (see examples/)."),
     out: Path = typer.Option(None, "--out", help="Study folder; default: ./studies/<study name>. "
                              "Checked writable before any work; locked while the study runs."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and an estimate of "
-                                 "the work, run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix, an estimate of "
+                                 "the work and each cell's training peak memory and compute; run "
+                                 "nothing."),
     zoo: Path = typer.Option(None, "--zoo", help="Where zoo:<preset>/<name> models are built and "
                              "cached; default ~/.cache/tunelens/zoo."),
     threads: int = threads_option(),
@@ -208,7 +209,7 @@ def run_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("demo-study"), "--out", help="Study folder."),
     zoo: Path = typer.Option(None, "--zoo", help="Where the demo ladder is built and cached."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix only."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and each cell's training peak memory and compute; run nothing."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch in each "
                                 "worker. The demo's models are small: one thread each, and one "
                                 "worker per core, beats more threads in fewer workers."),
@@ -255,7 +256,7 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         console.print(f"memory: {budget:.1f} GB available on the {device}"
                       + ("" if memory_gb is None else " (--memory-gb)"))
-    check_budget([(c.name, memory[c.train_name]) for c in cells], budget, origin)
+    check_budget([(c.name, memory[c.train_name]) for c in cells], budget, origin, jobs)
     if dry_run:
         return
     set_threads(threads)
