@@ -209,7 +209,8 @@ def run_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("demo-study"), "--out", help="Study folder."),
     zoo: Path = typer.Option(None, "--zoo", help="Where the demo ladder is built and cached."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and each cell's training peak memory and compute; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the matrix and each cell's "
+                                 "training peak memory and compute; run nothing."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch in each "
                                 "worker. The demo's models are small: one thread each, and one "
                                 "worker per core, beats more threads in fewer workers."),
