@@ -92,9 +92,12 @@ def _print_concentration(result: dict, cfg) -> None:
     console.print(t)
 
 
-def _over_seeds(s: dict) -> str:
-    mean = number(s["mean"])
-    return mean if s["n"] < 2 else f"{mean} ({number(s['min'])}–{number(s['max'])})"
+def _over_seeds(summary: dict) -> str:
+    """The report's table cell (:func:`tunelens.report.tables.seed_cell`) on one line."""
+    from tunelens.report.tables import seed_cell
+
+    cell = seed_cell(summary)
+    return f"{cell['value']} ({cell['spread']})" if cell["spread"] else cell["value"]
 
 
 def _print_tests(result: dict, cfg) -> None:
@@ -235,11 +238,12 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
     """
     from tunelens.matrix import default_zoo_root, estimate, expand_matrix
     from tunelens.memory import check_budget, machine_memory_gb, study_estimates
+    from tunelens.models.run_settings import compute_device
     from tunelens.study import StudyRunner
 
     cells = expand_matrix(study, origin)
     zoo_root = zoo or default_zoo_root()
-    device = _device()
+    device = compute_device()
     memory = study_estimates(study, cells, zoo_root, device)
     floor = _time_floor(memory, study, threads) if dry_run else None  # a probe: dry runs only
     table = _table(f"study '{study.name}': {len(cells)} cells (runs are model__strategy__"
@@ -277,12 +281,6 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print(f"report: {runner.layout.report}")
     if failed:
         raise typer.Exit(EXIT_CELLS_FAILED)
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _time_floor(memory: dict, study, threads: int | None) -> dict[str, str]:

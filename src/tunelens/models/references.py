@@ -18,13 +18,12 @@ import hashlib
 import importlib
 import io
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelens.errors import TunelensError
+from tunelens.io import atomic_dir
 
 CACHE_ENV = "TUNELENS_CACHE"
 EXTRA = "pip install 'tunelens[real]'"
@@ -229,18 +228,13 @@ def _convert(text: str, folder: Path, progress: bool | None) -> None:
     console = Console(file=sys.stderr)  # bound now: transformers' own output is muted below
     console.print(f"{text}: de-quantising once into {folder} (later loads reuse it)",
                   soft_wrap=True, highlight=False, markup=False)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
-    try:
-        with step_bar(4, console.is_terminal if progress is None else progress,
-                      console=console) as on_step:
-            on_step("locating the GGUF file")
-            source = _gguf_file(text, tmp)
-            _dequantise(source, tmp, on_step)
-            if source.parent == tmp:
-                source.unlink()  # an assembled copy, not part of the checkpoint
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(folder) as tmp, step_bar(4, console.is_terminal if progress is None
+                                             else progress, console=console) as on_step:
+        on_step("locating the GGUF file")
+        source = _gguf_file(text, tmp)
+        _dequantise(source, tmp, on_step)
+        if source.parent == tmp:
+            source.unlink()  # an assembled copy, not part of the checkpoint
 
 
 def _gguf_file(text: str, tmp: Path) -> Path:

@@ -101,15 +101,16 @@ def check_dtype(dtype: str, where: str, config=None) -> str:
     that this machine computes in it; else a one-line error before any weight is read."""
     check_choice(dtype, DTYPES, "dtype", where)
     resolved = declared_dtype(config) if dtype == "auto" else dtype
-    problem = _cannot_compute(resolved, _device())
+    problem = _cannot_compute(resolved, compute_device())
     if problem:
         said = f"dtype {resolved}" + (" (the checkpoint's, from dtype auto)" if dtype == "auto" else "")
-        raise TunelensError(f"{where}: {said} cannot run on this machine's {_device()} ({problem}); "
-                            "use dtype float32")
+        raise TunelensError(f"{where}: {said} cannot run on this machine's {compute_device()} "
+                            f"({problem}); use dtype float32")
     return resolved
 
 
-def _device() -> str:
+def compute_device() -> str:
+    """Where models run here: ``cuda`` when a GPU is visible, else ``cpu``."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
