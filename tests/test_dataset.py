@@ -1,6 +1,8 @@
 """The bundled dataset: size, coverage, determinism, and every reference rule parses and executes."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +87,75 @@ def test_phrasing_varies_within_topics(rows):
             assert any(":" in c.split(": ", 1)[1] for c in completions)
         else:
             assert any(feature in c for c in completions), feature
+
+
+# --- the hand-written clauses, checked against the public texts (docs/dataset.md) ---------------
+
+
+def test_every_handwritten_row_has_a_check_record():
+    checks = dataset.handwritten_checks()
+    assert [c["id"] for c in checks] == [r["id"] for r in dataset.handwritten_rows()]
+    for c in checks:
+        assert c["status"] in dataset.CHECK_STATUSES and c["kind"] in dataset.CHECK_KINDS, c["id"]
+        assert c["source"].startswith(("https://", "http://", "github:")), c["id"]
+        assert c["status"] == "verified" or c["note"].strip(), c["id"]
+    assert {c["status"] for c in checks} <= set(dataset.CHECK_STATUSES)
+
+
+def test_a_check_record_without_a_valid_status_or_a_reason_is_a_file_line_error(tmp_path):
+    from tunelens.contracts import read_rows
+    from tunelens.errors import TunelensError
+
+    good = {"id": "x", "topic": "ramps", "cites": "ADA 405.2", "prompt": "405.2 Slope. Steep.",
+            "completion": "RULE 405.2: ramp.slope <= 1:12",
+            "checked": {"status": "verified", "source": "https://example.org", "kind": "official"}}
+    for bad, words in ((dict(good["checked"], status="maybe"), "status"),
+                       (dict(good["checked"], status="corrected"), "needs a note"),
+                       (None, "checked")):
+        path = tmp_path / "rows.jsonl"
+        row = {k: v for k, v in good.items() if k != "checked"}
+        if bad is not None:
+            row["checked"] = bad
+        path.write_text(json.dumps(good) + "\n" + json.dumps(dict(row, id="y")) + "\n")
+        with pytest.raises(TunelensError) as err:
+            read_rows(path, dataset.HandwrittenRow)
+        assert f"{path}:2" in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cited_section_prompt_and_rule_id_agree():
+    """A correction must change the citation, the clause and the rule together."""
+    rules = {r["id"]: r for r in dataset.handwritten_rows()}
+    for c in dataset.handwritten_checks():
+        body, section = c["cites"].split(" ", 1)
+        assert body in ("ADA", "OSHA"), c["id"]
+        row = rules[c["id"]]
+        assert parse_rule(row["completion"]).id in (section, f"29 CFR {section}"), c["id"]
+        assert section in row["prompt"], c["id"]
+
+
+def test_corrected_rows_still_parse_and_execute():
+    rules = {r["id"]: r for r in dataset.handwritten_rows()}
+    corrected = [c["id"] for c in dataset.handwritten_checks() if c["status"] == "corrected"]
+    assert corrected
+    for rid in corrected:
+        rule = parse_rule(rules[rid]["completion"])
+        assert rule.text == rules[rid]["completion"], rid
+        assert {Verdict.PASS, Verdict.FAIL} <= {v for _, v in sample_designs(rule)}, rid
+
+
+def test_build_card_states_the_check_counts_of_the_rows(tmp_path):
+    from tunelens.config import DataConfig
+    from tunelens.data.build import build_bundled
+
+    out = tmp_path / "data"
+    card = build_bundled(out, DataConfig())
+    counts = Counter(c["status"] for c in dataset.handwritten_checks())
+    written = json.loads((out / "data_card.json").read_text())["handwritten_check"]
+    assert written == card["handwritten_check"]
+    assert {s: written[s] for s in dataset.CHECK_STATUSES} == {s: counts[s] for s in dataset.CHECK_STATUSES}
+    assert written["rows"] == sum(counts.values()) == len(dataset.handwritten_rows())
+    assert written["unverified_ids"] == [c["id"] for c in dataset.handwritten_checks()
+                                         if c["status"] == "unverified"]
+    assert any(f"{written['corrected']} corrected" in note for note in card["notes"])
+    doc = " ".join((Path(__file__).parents[1] / "docs" / "dataset.md").read_text().split())
+    assert all(f"| {s} | {counts[s]} |" in doc for s in dataset.CHECK_STATUSES)  # the page states them too

@@ -6,6 +6,9 @@ so that cleaning, de-duplication, splitting and the leakage check are the ones a
 gets. The one difference: hold-out rows (hand-written clauses whose topics or phrasings the
 generator never produces) all go to the test split, on top of the test fraction of the rest,
 so the test split measures generalisation beyond the generator as well as within it.
+
+The card also states how the hand-written clauses were checked against the public texts they
+paraphrase (``handwritten_check``: rows verified / corrected / unverified; docs/dataset.md).
 """
 
 from __future__ import annotations
@@ -41,8 +44,14 @@ def build_bundled(out: Path, config: DataConfig, on_step: Step | None = None) ->
              "columns": {"id": "id", "topic": "topic", "prompt": "prompt", "completion": "completion"},
              "dropped_columns": []}
     splits, card = run_pipeline(records, config, facts, on_step)
+    from tunelens.data.compliance.dataset import check_summary
+
+    card["handwritten_check"] = check = check_summary()
     card["notes"] = [f"{card['holdout']['forced_to_test']} hold-out row(s) placed in test on top of "
-                     f"the test fraction of the other rows"]
+                     f"the test fraction of the other rows",
+                     f"hand-written clauses checked against the public texts: {check['verified']} "
+                     f"verified, {check['corrected']} corrected, {check['unverified']} unverified "
+                     f"(see {check['described_in']})"]
     if on_step:
         on_step("writing")
     write_dataset(out, splits, card)
