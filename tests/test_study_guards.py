@@ -262,3 +262,19 @@ def test_compare_and_report_check_their_out_before_any_work(tmp_path, capsys):
     assert f"{a_file}: is a file, expected a folder" in capsys.readouterr().err
     assert main(["report", "--study", str(study), "--out", str(tmp_path)]) == 2
     assert f"{tmp_path}: is a folder, expected a file path" in capsys.readouterr().err
+
+
+def test_a_worker_asked_to_stop_checkpoints_training_at_the_next_step(monkeypatch):
+    """A SIGINT sent to the parent alone reaches no worker: training polls the stop flag."""
+    from types import SimpleNamespace
+
+    from tunelens.train import callbacks
+
+    cb = callbacks.InterruptCheckpoint()
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    state = SimpleNamespace(global_step=7)
+    cb.on_step_end(None, state, control)
+    assert not control.should_training_stop  # nobody asked
+    monkeypatch.setattr(callbacks, "external_stop", lambda: True)
+    cb.on_step_end(None, state, control)
+    assert control.should_save and control.should_training_stop and cb.interrupted_at == 7

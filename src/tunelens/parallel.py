@@ -18,7 +18,8 @@ What the standard library does not do, and this module adds:
 - **Ctrl-C.** The terminal sends SIGINT to every process of the group. A worker ignores it while
   idle and, inside a cell, handles it like the serial runner (training checkpoints and stops);
   the parent then stops handing out groups, waits for the running ones to stop and writes what
-  they finished. A stop flag covers a SIGINT sent to the parent alone.
+  they finished. A stop flag covers a SIGINT sent to the parent alone: a training polls it at
+  every step (checkpoints and stops), other stages at their next event.
 - **A killed parent takes its workers along** (Linux ``PR_SET_PDEATHSIG``): once the kernel frees
   the study lock, no orphan can still be writing into the folder.
 - **Tracking.** MLflow's active run is per process, so each worker adopts the parent's study run
@@ -198,6 +199,9 @@ def _init_worker(events, stop, threads: int, study_run: tuple[str, str] | None) 
 
     quiet_libraries()  # warning filters and logger levels do not cross a spawn
     set_threads(threads)
+    from tunelens.train import callbacks
+
+    callbacks.external_stop = stop.is_set  # a parent stopped alone: training checkpoints, stops
     if study_run is not None:
         from tunelens.train.tracking import adopt_study_run
 

@@ -75,8 +75,18 @@ class GradualUnfreezing(TrainerCallback):
                 p.requires_grad_(True)
 
 
+def _never() -> bool:
+    return False
+
+
+# Set by a study worker process (tunelens.parallel): true once the parent asks the study to stop.
+# A SIGINT sent to the parent alone reaches no worker; training polls this at every step instead.
+external_stop = _never
+
+
 class InterruptCheckpoint(TrainerCallback):
-    """First SIGINT: checkpoint after this step and stop. Second SIGINT: KeyboardInterrupt now.
+    """First SIGINT (or :data:`external_stop`): checkpoint after this step and stop. Second
+    SIGINT: KeyboardInterrupt now.
 
     The checkpoint is requested, not written here: ``control.should_save`` makes the Trainer save
     through its normal path right after ``on_step_end`` (the same files, rotation and RNG state
@@ -99,7 +109,7 @@ class InterruptCheckpoint(TrainerCallback):
             self._previous = signal.signal(signal.SIGINT, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if self.requested or external_stop():
             control.should_save = True
             control.should_training_stop = True
             self.interrupted_at = state.global_step
