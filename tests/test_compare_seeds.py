@@ -27,7 +27,7 @@ def test_the_direction_is_the_tested_one_not_the_mean():
     group = {"model": "s", "objective": "instruct", "rag": False,
              "metrics": {"chrf": {"kind": "quality", "n": 10, "pairwise": [row]}}}
     text = significant_differences({"alpha": 0.05, "groups": [group]})[0].text
-    assert text.startswith("LoRA scores higher than full fine-tuning in chrf")
+    assert text.startswith("LoRA scores higher than full fine-tuning in chrF")
     assert "Hodges–Lehmann difference 0.1 [" in text and "means, which point the other way" in text
 
 

@@ -313,3 +313,38 @@ def test_smollm2_as_a_local_generator_offline(smollm2_dir, seeds, tmp_path):
     assert card["generator"] == {"generator": "smollm2-135m", "url": None}
     batch = card["batches"][0]
     assert set(batch) >= {"distinct_1", "distinct_2", "spread", "distance_to_seed"}
+
+
+def test_the_judge_filter_rejects_low_graded_pairs_and_records_the_grades(seeds, tmp_path):
+    def reply(prompt, _body):
+        if "grader of training data" in prompt:  # the judge: ramps are right, risers are not
+            good = "ramp.slope" in prompt
+            return json.dumps({"accuracy": 5 if good else 2, "relevance": 5 if good else 2,
+                               "rationale": "ok" if good else "wrong element"})
+        return _stub_reply(prompt)
+
+    server, url, calls = _serve(reply)
+    try:
+        out = tmp_path / "gen.jsonl"
+        settings = replace(SETTINGS, templates=("rule_for_clause", "paraphrase"), max_attempts=12,
+                           batch_size=6, min_judge_score=4, judge_url=url, judge_model="judge")
+        card = generate_data(seeds, out, "stub-model", settings, url=url, progress=False)
+    finally:
+        server.shutdown()
+    kept = read_rows(out, DatasetRow)
+    assert [r.completion for r in kept] == [GOOD]
+    assert kept[0].provenance["judge"]["score"] == 5
+    assert kept[0].provenance["judge"]["template"] == "data-v1"
+    judged = [r for r in read_jsonl(tmp_path / "gen.rejects.jsonl") if r["filter"] == "judge"]
+    assert judged and {r["reason"] for r in judged} == {"judge score 2 < 4: wrong element"}
+    assert card["rejected_by_filter"]["judge"] == len(judged)
+    assert card["rows"]["attempted"] == card["rows"]["kept"] + sum(card["rejected_by_filter"].values())
+
+
+def test_a_judge_threshold_without_a_judge_is_one_line_and_writes_nothing(seeds, tmp_path):
+    out = tmp_path / "gen.jsonl"
+    with pytest.raises(TunelensError, match="needs a judge"):
+        generate_data(seeds, out, "stub-model", replace(SETTINGS, min_judge_score=4), url="http://x")
+    with pytest.raises(TunelensError, match="no --min-judge-score"):
+        generate_data(seeds, out, "stub-model", replace(SETTINGS, judge_path="m"), url="http://x")
+    assert list(tmp_path.iterdir()) == [seeds]

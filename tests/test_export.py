@@ -82,3 +82,84 @@ def test_export_rejects_unfinished_run(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+# -- hub-ready export: the model card ---------------------------------------------------------
+
+def _fake_study_run(micro_model_dir, root, name="tl__lora__instruct__s0"):
+    """A study folder with one finished full-weight run, its metrics and attributions (made
+    directly: training and explaining are tested elsewhere)."""
+    import shutil
+
+    import pandas as pd
+
+    run = root / "models" / name
+    shutil.copytree(micro_model_dir, run)
+    (root / "study.yaml").write_text("name: fake\n")
+    (run / "run.json").write_text(json.dumps({
+        "strategy": "full", "objective": "instruct", "base_model": "org/base-model",
+        "trainable_params": 10, "total_params": 20, "train_loss": [], "val_loss_before": 3.5,
+        "val_loss_after": 2.25, "wall_seconds": 4.0, "tokens_per_second": None, "peak_rss_mb": None,
+        "data": {"train_rows": 40, "val_rows": 10, "fingerprint": "abc"}}))
+    (root / "metrics").mkdir()
+    (root / "metrics" / f"{name}.json").write_text(json.dumps({
+        "aggregate": {"chrf": 41.25, "rule_exec_accuracy": 0.375},
+        "intervals": {"chrf": [38.5, 44.0], "rule_exec_accuracy": [0.25, 0.5]},
+        "per_example": [{"id": "a"}, {"id": "b"}], "info": {"confidence": 0.9}}))
+    (root / "attributions").mkdir()
+    rows = [{"example_id": ex, "position": j, "token": tok, "start": 0, "end": 1, "category": cat,
+             "score": score, "method": "occlusion", "target_logprob": -3.0, "target": "reference",
+             "baseline": "unk"}
+            for ex in ("a", "b")
+            for j, (tok, cat, score) in enumerate([(" width", "OTHER", 0.1), (" 900", "NUMBER", 0.9),
+                                                   (" mm", "UNIT", -0.3)])]
+    pd.DataFrame(rows).to_parquet(root / "attributions" / f"{name}.parquet")
+    return run
+
+
+def test_export_writes_a_hub_ready_card(micro_model_dir, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, ModelCard
+
+    run = _fake_study_run(micro_model_dir, tmp_path / "study")
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    assert main(["export", str(run), "--out", str(tmp_path / "hub")]) == 0
+    assert not calls  # nothing leaves the machine without --push
+    out = tmp_path / "hub"
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    card = ModelCard.load(out / "README.md")  # the hub's own loader parses the YAML header
+    assert card.data.base_model == "org/base-model" and card.data.library_name == "transformers"
+    assert "full" in card.data.tags
+    scores = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert scores == {"chrf": 41.25, "rule_exec_accuracy": 0.375}
+    assert "41.2 [38.5, 44.0]" in card.text and "90% bootstrap intervals" in card.text
+    assert "| NUMBER | 69% |" in card.text  # 0.9 / (0.1 + 0.9 + 0.3), the same in both examples
+    assert (out / "attribution_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "(attribution_heatmap.png)" in card.text
+
+    assert main(["export", str(run), "--out", str(tmp_path / "pushed"), "--push", "me/model"]) == 0
+    assert calls[0] == ("create", "me/model")
+    assert calls[1][1]["repo_id"] == "me/model" and calls[1][1]["folder_path"] == str(tmp_path / "pushed")
+
+
+def test_export_keeps_an_adapter_unmerged(micro_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+    from peft import LoraConfig, get_peft_model
+
+    run = tmp_path / "lora"
+    base, tokenizer = load_model(str(micro_model_dir))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(run)
+    tokenizer.save_pretrained(run)
+    (run / "run.json").write_text(json.dumps({
+        "strategy": "lora", "objective": "instruct", "base_model": str(micro_model_dir),
+        "trainable_params": 1, "total_params": 2, "train_loss": [], "val_loss_before": None,
+        "val_loss_after": None, "wall_seconds": 1.0, "tokens_per_second": None, "peak_rss_mb": None}))
+    assert main(["export", "--model", str(run), "--no-merge", "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "a"
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model is None  # a local base
+    assert "Evaluation" not in card.text and not (out / "attribution_heatmap.png").exists()
+    tuned, _ = load_for_inference(str(out))
+    assert type(tuned).__name__.startswith("Peft")

@@ -141,8 +141,9 @@ def parquet_bytes(draw) -> bytes:
     return data
 
 
-STUDY_KEYS = ["name", "models", "strategies", "objectives", "extra_cells", "data", "train", "rag",
-              "generation", "evaluation", "explanation", "comparison", "report", "tracking"]
+STUDY_KEYS = ["name", "models", "strategies", "objectives", "prompts", "prompt_templates",
+              "extra_cells", "data", "train", "rag", "generation", "evaluation", "explanation",
+              "comparison", "report", "tracking", "tune"]
 YAML_SNIPPETS = ["2024-99-99", "1" * 5000, "0x" + "f" * 5000, "!!python/object:os.system x", "*a",
                  "&a [*a]", ".nan", ".inf", "{a: 1, a: 2}", "? [1, 2]\n: x", "- !!binary AAAA", "~",
                  "!!float 'x'", "!!int 'x'", "!!timestamp 'x'", "%YAML 9.9\n---\nx", "\t- x"]

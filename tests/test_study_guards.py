@@ -96,7 +96,7 @@ def test_a_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path, stu
         assert holder.stdout.readline().strip() == "held"
         assert main(["run", str(study_file), "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"study folder {out} is in use by tunelens run (PID {holder.pid})" in err
+        assert f"study folder {out} is in use by another tunelens process (PID {holder.pid})" in err
         assert not (out / "study.yaml").exists()  # nothing of the refused run was written
     finally:
         holder.kill()

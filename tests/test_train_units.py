@@ -305,7 +305,7 @@ def test_strategy_and_objective_implementations_match_the_catalog():
     """The registry of names and the tables that implement them cannot drift apart."""
     from tunelens.train import catalog, objectives, strategies
 
-    assert set(strategies._APPLY) == set(catalog.STRATEGIES)
+    assert set(strategies._APPLY) == set(catalog.STRATEGIES) - {catalog.UNTRAINED}  # none: no model
     assert set(objectives._FORMAT) == set(catalog.OBJECTIVES)
     assert set(catalog.ADAPTER_STRATEGIES) <= set(catalog.STRATEGIES)
     assert sorted(catalog.STRATEGY_ORDER) == sorted(catalog.STRATEGIES)
@@ -350,7 +350,7 @@ def test_identity_is_checked_and_defaults_to_what_the_call_knows(micro_model_dir
     assert run_identity(str(micro_model_dir), "full", "instruct", None)["model"] == micro_model_dir.name
     given = {"model": "tl-d2", "strategy": "lora", "objective": "instruct", "seed": 2, "prompt": "p1"}
     assert run_identity("x", "lora", "instruct", given) == {
-        "name": "tl-d2__lora__instruct__s2", "model": "tl-d2", "strategy": "lora",
+        "name": "tl-d2__lora__instruct__p1__s2", "model": "tl-d2", "strategy": "lora",
         "objective": "instruct", "rag": False, "seed": 2, "prompt": "p1"}
     with pytest.raises(TunelensError, match="identity is full/instruct but this run trains lora"):
         run_identity("x", "lora", "instruct", {**given, "strategy": "full"})

@@ -26,6 +26,8 @@ from tunelens.errors import TunelensError
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.io import printable, read_text
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
+from tunelens.train.grpo_settings import GrpoConfig
+from tunelens.tune.space import TuneConfig
 
 # The allowed values come from the registries that implement them (one list each, see catalog.py).
 Strategy = Literal[tuple(STRATEGIES)]
@@ -168,6 +170,7 @@ class TrainConfig(Section):
     )
     lora: LoraConfig = LoraConfig()
     quantization: QuantConfig = QuantConfig()
+    grpo: GrpoConfig = Field(GrpoConfig(), description="strategy grpo (tunelens.train.grpo_settings)")
     seed: int = Field(0, description="init, data order, dropout; in a study, each cell's seed ('seeds') "
                       "replaces it")
 
@@ -247,6 +250,10 @@ class EvaluationConfig(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     embedding_model: str | None = Field(
         None, description="semantic similarity model; default: the bundled all-MiniLM-L6-v2"
+    )
+    bertscore_model: str | None = Field(
+        None, description="BERTScore encoder (hub id or folder), named in the metric keys; "
+        "default: the bundled all-MiniLM-L6-v2"
     )
     judge: JudgeConfig = JudgeConfig()
     seed: int = 0
@@ -353,6 +360,20 @@ class ExtraCell(TypedDict):
     objective: NotRequired[Objective]
     rag: NotRequired[bool]
     seed: NotRequired[Annotated[int, Field(ge=0, strict=True)]]
+    prompt: NotRequired[str]
+
+
+class PromptTemplate(Section):
+    """A named prompt of the study's ``prompts`` axis (``prompt_templates: {name: ...}``); the
+    built-ins are ``plain``, ``chat``, ``auto`` and ``few-shot-N``
+    (:func:`tunelens.data.templates.named_prompt`)."""
+
+    format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="'auto' follows the model's prompt_format")
+    instruction: str | None = Field(None, min_length=1, description="replaces the default "
+                                    "instruction line; training and generation both use it")
+    shots: int = Field(0, ge=0, le=16, description="fixed training examples placed before the "
+                       "clause at generation and attribution (training renders none)")
 
 
 class Study(Section):
@@ -368,6 +389,11 @@ class Study(Section):
     models: list[ModelSpec] = Field(default_factory=list)
     strategies: list[Strategy] = Field(default_factory=lambda: ["lora"])
     objectives: list[Objective] = Field(default_factory=lambda: ["instruct"])
+    prompts: list[str] = Field(
+        default_factory=list, description="named prompts, each a cell dimension like strategy "
+        "(plain, chat, auto, few-shot-N or a prompt_templates name); empty: each model's "
+        "prompt_format, no prompt dimension")
+    prompt_templates: dict[str, PromptTemplate] = Field(default_factory=dict)
     extra_cells: list[ExtraCell] = Field(
         default_factory=list,
         description="cells outside the full matrix, e.g. {model: s, strategy: lora, "
@@ -382,6 +408,7 @@ class Study(Section):
     comparison: ComparisonConfig = ComparisonConfig()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig = TuneConfig()
 
     @field_validator("strategies", "objectives", "seeds")
     @classmethod
@@ -391,6 +418,36 @@ class Study(Section):
         if len(set(value)) != len(value):
             raise ValueError("entries must be unique")
         return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
+
+    def prompt(self, name: str):
+        """The :class:`~tunelens.data.templates.NamedPrompt` ``name`` stands for in this study
+        (its ``prompt_templates``, else a built-in); None for an unknown name."""
+        from tunelens.data.templates import NamedPrompt, named_prompt
+
+        defined = {k: NamedPrompt(**v.model_dump()) for k, v in self.prompt_templates.items()}
+        return named_prompt(name, defined)
+
+    @model_validator(mode="after")
+    def _known_prompts(self) -> Study:
+        from tunelens.data.templates import PROMPT_NAME
+
+        for name in self.prompt_templates:
+            if not PROMPT_NAME.fullmatch(name):
+                raise ValueError(f"prompt_templates.{name}: a name is lower-case letters, digits "
+                                 "and '-' (it becomes part of run names)")
+        used = self.prompts + [e["prompt"] for e in self.extra_cells if "prompt" in e]
+        for name in used:
+            if self.prompt(name) is None:
+                raise ValueError(f"prompts: unknown prompt '{name}' (built-in: plain, chat, auto, "
+                                 "few-shot-N; or define it under prompt_templates)")
+        return self
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> Study:

@@ -175,6 +175,8 @@ class RunIdentityRecord(Contract):
     objective: Text
     rag: bool = False
     seed: Count | None = None
+    prompt: Text | None = None
+    train_prompt: Text | None = None
 
 
 class LossPoint(Contract):

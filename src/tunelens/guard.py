@@ -89,7 +89,7 @@ def study_lock(layout: StudyLayout) -> Iterator[None]:
             pid = pid_file.read_text().strip() or "unknown"
         except OSError:
             pid = "unknown"
-        raise TunelensError(f"study folder {layout.root} is in use by tunelens run (PID {pid})") \
+        raise TunelensError(f"study folder {layout.root} is in use by another tunelens process (PID {pid})") \
             from None
     try:
         write_text(pid_file, str(os.getpid()))

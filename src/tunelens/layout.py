@@ -2,7 +2,7 @@
 
 Every module that reads or writes a study folder asks :class:`StudyLayout` for the path instead
 of joining strings of its own, so the layout (drawn in ``docs/architecture.md``) is stated once.
-A run's identity — model, strategy, objective, retrieval, seed — is data (:class:`RunIdentity`),
+A run's identity — model, strategy, objective, prompt, retrieval, seed — is data (:class:`RunIdentity`),
 written to ``runs/<run>.json`` by the study runner and into each trained model's ``run.json``;
 readers load it from there and never parse it back out of a file name.
 
@@ -21,7 +21,7 @@ readers load it from there and never parse it back out of a file name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from tunelens.io import write_json
@@ -36,26 +36,46 @@ class RunIdentity:
     objective: str
     rag: bool = False
     seed: int | None = None  # None: a run outside a study (``tunelens train``), no replicates
+    prompt: str | None = None  # a named prompt of the study's ``prompts`` axis; None: none named
+    # the prompt whose trained model this run shares (same format and instruction: few-shot
+    # examples are added at generation only); None: its own
+    train_prompt: str | None = None
 
     @property
     def name(self) -> str:
-        """``<model>__<strategy>__<objective>[__rag][__s<seed>]``: a label, never parsed back."""
+        """``<model>__<strategy>__<objective>[__<prompt>][__rag][__s<seed>]``: a label, never
+        parsed back."""
         return "__".join([self.model, self.strategy, self.objective]
+                         + ([self.prompt] if self.prompt else [])
                          + (["rag"] if self.rag else [])
                          + ([f"s{self.seed}"] if self.seed is not None else []))
 
     @property
     def train_name(self) -> str:
-        """The name of the trained model this run uses (the same for a run and its RAG twin)."""
-        return RunIdentity(self.model, self.strategy, self.objective, False, self.seed).name
+        """The name of the trained model this run uses (the same for a run and its RAG twin, and
+        for prompts that differ only in their few-shot examples)."""
+        return replace(self, rag=False, prompt=self.train_prompt or self.prompt, train_prompt=None).name
 
     @property
     def cell(self) -> str:
         """The name without the seed: replicates of one cell share it."""
-        return RunIdentity(self.model, self.strategy, self.objective, self.rag, None).name
+        return replace(self, seed=None).name
+
+    @property
+    def arm(self) -> str:
+        """What the comparison sets against each other within a model and objective: the
+        strategy, with the prompt when the study names one (``lora · few-shot-3``)."""
+        from tunelens.train.catalog import ARM_JOIN
+
+        return f"{self.strategy}{ARM_JOIN}{self.prompt}" if self.prompt else self.strategy
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        """The record of ``runs/<run>.json`` (the prompt fields only when the study names one)."""
+        out = {"name": self.name, **asdict(self)}
+        for key in ("prompt", "train_prompt"):
+            if out[key] is None:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict, origin: str = "identity") -> RunIdentity:
@@ -63,7 +83,10 @@ class RunIdentity:
         from tunelens.contracts import RunIdentityRecord, parse_row
 
         record = parse_row(raw, RunIdentityRecord, origin)
-        return cls(**record.model_dump(include={"model", "strategy", "objective", "rag", "seed"}))
+        return cls(**record.model_dump(include=IDENTITY_FIELDS))
+
+
+IDENTITY_FIELDS = {f.name for f in fields(RunIdentity)}
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,5 @@ class StudyLayout:
 
         for path in sorted(self.runs.glob("*.json")):
             record = read_object(path, RunIdentityRecord)
-            found.append(RunIdentity(**record.model_dump(include={"model", "strategy", "objective",
-                                                                  "rag", "seed"})))
+            found.append(RunIdentity(**record.model_dump(include=IDENTITY_FIELDS)))
         return sorted(found, key=lambda r: r.name)

@@ -1,6 +1,7 @@
 """The study's matrix: its cells, the checks made on it before any work, and an estimate of it.
 
-A study is models × strategies × objectives × retrieval × seeds (plus ``extra_cells``); each
+A study is models × strategies × objectives × prompts × retrieval × seeds (plus
+``extra_cells``; without ``prompts`` there is no prompt dimension); each
 cell is a base model and a :class:`~tunelens.layout.RunIdentity`, and every cell is one seed's
 replicate: trained, generated, scored and attributed with that seed. Everything here is known from the config
 alone, so ``tunelens run --dry-run`` and the checks before any work use it without running
@@ -17,6 +18,8 @@ from tunelens.errors import TunelensError
 from tunelens.layout import RunIdentity
 from tunelens.models import references
 from tunelens.models.loading import looks_like_path
+from tunelens.train.catalog import UNTRAINED
+from tunelens.train.grpo_settings import GRPO
 
 ZOO_PREFIX = "zoo:"
 
@@ -31,8 +34,12 @@ class Cell:
 
     @classmethod
     def of(cls, model: ModelSpec, strategy: str, objective: str, rag: bool = False,
-           seed: int | None = None) -> Cell:
-        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag), seed))
+           seed: int | None = None, prompt: str | None = None, study: Study | None = None) -> Cell:
+        """The cell; with ``study``, a prompt that trains like an earlier one of the study (same
+        format and instruction) shares that prompt's trained model."""
+        shared = training_prompt(study, model, prompt) if study is not None and prompt else None
+        return cls(model, RunIdentity(model.name, strategy, objective, bool(rag), seed, prompt,
+                                      shared if shared != prompt else None))
 
     @property
     def seed(self) -> int | None:
@@ -48,8 +55,8 @@ class Cell:
 
 
 def expand_matrix(study: Study, origin: str = "study") -> list[Cell]:
-    """models × strategies × objectives × rag × seeds, then ``extra_cells`` (each with its own
-    seed, else every seed of the study); duplicates dropped, order kept.
+    """models × strategies × objectives × prompts × rag × seeds, then ``extra_cells`` (each
+    with its own seed, else every seed of the study); duplicates dropped, order kept.
 
     The seed varies fastest, so a cell's replicates sit together and a RAG cell comes after the
     twin of its seed. Strategy, objective and rag values are validated by the config (from the
@@ -57,21 +64,45 @@ def expand_matrix(study: Study, origin: str = "study") -> list[Cell]:
     anything runs.
     """
     models = {m.name: m for m in study.models}
-    cells = [Cell.of(m, s, o, r, seed) for m in study.models for s in study.strategies
-             for o in study.objectives for r in study.rag.enabled for seed in study.seeds]
+    prompts = study.prompts or [None]
+    cells = [Cell.of(m, s, o, r, seed, p, study) for m in study.models for s in study.strategies
+             for o in study.objectives for p in prompts for r in study.rag.enabled
+             for seed in study.seeds]
     for i, extra in enumerate(study.extra_cells):
         if extra.get("model") not in models:
             raise TunelensError(f"{origin}: extra_cells.{i}.model: unknown model "
                                 f"'{extra.get('model')}' (models: {', '.join(models) or 'none'})")
         seeds = [extra["seed"]] if "seed" in extra else study.seeds
         cells += [Cell.of(models[extra["model"]], extra.get("strategy", study.strategies[0]),
-                          extra.get("objective", study.objectives[0]), extra.get("rag", False), seed)
+                          extra.get("objective", study.objectives[0]), extra.get("rag", False), seed,
+                          extra.get("prompt", prompts[0]), study)
                   for seed in seeds]
     if not cells:
         raise TunelensError(f"{origin}: the study has no cells: list at least one model under "
                             "'models'")
     seen: set[str] = set()
     return [c for c in cells if not (c.name in seen or seen.add(c.name))]
+
+
+def prompt_settings(study: Study, model: ModelSpec, prompt: str | None) -> dict:
+    """How a cell prompts its model: its named prompt's format (``auto``: the model's
+    ``prompt_format``), instruction and number of few-shot examples; without a named prompt, the
+    model's ``prompt_format`` alone."""
+    named = study.prompt(prompt) if prompt else None
+    if named is None:
+        return {"prompt_format": model.prompt_format, "instruction": None, "shots": 0}
+    return {"prompt_format": model.prompt_format if named.format == "auto" else named.format,
+            "instruction": named.instruction, "shots": named.shots}
+
+
+def training_prompt(study: Study, model: ModelSpec, prompt: str) -> str:
+    """The first of the study's prompts that trains ``model`` as ``prompt`` does (training sees
+    the format and instruction, never the few-shot examples)."""
+    def trains(p):
+        s = prompt_settings(study, model, p)
+        return (s["prompt_format"], s["instruction"])
+
+    return next((p for p in study.prompts if trains(p) == trains(prompt)), prompt)
 
 
 # -- checks made before any work -------------------------------------------------------------
@@ -111,6 +142,20 @@ def check_model_paths(study: Study, origin: str = "study") -> None:
             raise TunelensError(f"{where}: {spec.path}: no such model folder")
 
 
+def check_grpo(study: Study, cells: list[Cell], origin: str = "study") -> None:
+    """A ``grpo`` cell samples completions for prompts (objective ``instruct``) and starts from a
+    supervised run that must exist when ``init_from`` names one."""
+    grpo = [c for c in cells if c.identity.strategy == GRPO]
+    for cell in grpo:
+        if cell.identity.objective != "instruct":
+            raise TunelensError(f"{origin}: {cell.name}: strategy grpo samples completions for "
+                                "prompts: it needs objective 'instruct'")
+    start = study.train.grpo.start_folder()
+    if grpo and start is not None and not (start / "run.json").is_file():
+        raise TunelensError(f"{origin}: train.grpo.init_from: {start} is not a finished training "
+                            "run (no run.json)")
+
+
 # -- zoo models and the estimate -------------------------------------------------------------
 
 def resolve_model_path(spec: ModelSpec, zoo_root: Path, threads: int | None = None) -> str:
@@ -135,7 +180,15 @@ def estimate(study: Study, cells: list[Cell]) -> dict:
     Every seed is a training of its own (models × strategies × objectives × seeds, RAG twins
     sharing theirs); explaining ``both`` targets attributes each sampled example twice.
     """
-    trained = {c.train_name for c in cells}
+    trained = {c.train_name: c.identity.strategy for c in cells if c.identity.strategy != UNTRAINED}
+
+    def steps(strategy: str) -> int:  # GRPO trains its supervised start, then its own steps
+        train = study.tune.train_for(study.train, strategy)
+        if strategy != GRPO:
+            return train.max_steps
+        start = 0 if train.grpo.init_from else (train.grpo.sft_steps or train.max_steps)
+        return start + train.grpo.steps
+
     gen = study.generation
     n_test = gen.max_examples or 100
     targets = 2 if study.explanation.target == "both" else 1
@@ -146,7 +199,7 @@ def estimate(study: Study, cells: list[Cell]) -> dict:
         "cells": len(cells),
         "seeds": len({c.seed for c in cells}),
         "trainings": len(trained),
-        "train_steps": len(trained) * study.train.max_steps,
+        "train_steps": sum(steps(s) for s in trained.values()),
         "generated_tokens_max": len(cells) * n_test * gen.max_new_tokens * gen.num_samples,
         "explained_examples": len(cells) * n_explain,
         "perturbations_approx": len(cells) * n_explain * per_example,

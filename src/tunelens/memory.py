@@ -38,6 +38,8 @@ from pathlib import Path
 
 from tunelens.config import ModelSpec, TrainConfig
 from tunelens.errors import TunelensError
+from tunelens.train.catalog import UNTRAINED
+from tunelens.train.grpo_settings import GRPO
 
 GB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -189,17 +191,24 @@ def model_config(spec: ModelSpec, zoo_root: Path):
 def study_estimates(study, cells, zoo_root: Path, device: str = "cpu"
                     ) -> dict[str, MemoryEstimate | None]:
     """Per trained model of a study (its ``train_name``): the training peak, None when the model's
-    shape cannot be known offline (a hub id not in the local cache)."""
+    shape cannot be known offline (a hub id not in the local cache); untrained cells (strategy
+    ``none``) have no entry."""
     shapes: dict[str, Shape | None] = {}
     out: dict[str, MemoryEstimate | None] = {}
     for cell in cells:
         spec = cell.model
+        if cell.identity.strategy == UNTRAINED:
+            continue  # prompting only: nothing is trained
         if spec.name not in shapes:
             config = model_config(spec, zoo_root)
             shapes[spec.name] = None if config is None else Shape.of(config)
         shape = shapes[spec.name]
+        strategy = cell.identity.strategy
+        train = study.tune.train_for(study.train, strategy)
+        if strategy == GRPO:  # the peak is its supervised start's (GRPO trains the same weights)
+            strategy = train.grpo.sft_strategy
         out[cell.train_name] = None if shape is None else training_memory(
-            shape, cell.identity.strategy, study.train, _dtype(spec, shape), device)
+            shape, strategy, train, _dtype(spec, shape), device)
     return out
 
 

@@ -47,11 +47,14 @@ from tunelens.layout import RunIdentity, StudyLayout
 from tunelens.matrix import (
     ZOO_PREFIX,
     Cell,
+    check_grpo,
     check_model_paths,
     default_zoo_root,
     expand_matrix,
+    prompt_settings,
     resolve_model_path,
 )
+from tunelens.train.grpo_settings import GRPO
 
 STAGES = ("train", "generate", "evaluate", "explain")
 # How a base model is loaded and prompted: part of what a training is (its stamp).
@@ -278,13 +281,14 @@ class StudyRunner:
         stage(cell, status, "train", layout.run_json(run),
               lambda: self._train_stamp(cell, base),
               lambda: self._train(cell, base, model_dir, tracking))
+        shots = self._shots(cell)
         stage(cell, status, "generate", pred,
               lambda: fingerprint("generate", gen.model_dump(mode="json"),
-                                  s.rag.k if rag else None,
+                                  s.rag.k if rag else None, *([shots] if shots else []),
                                   files=[model_dir, test] + ([rag] if rag else [])),
               lambda: generate_predictions(str(model_dir), test, pred, config=gen,
                                            rag_index=rag, rag_k=s.rag.k if rag else None,
-                                           progress=False))
+                                           progress=False, shots=shots))
         stage(cell, status, "evaluate", metrics,
               lambda: fingerprint("evaluate", s.evaluation.model_dump(mode="json"), files=[pred]),
               lambda: evaluate(pred, metrics, config=s.evaluation, progress=False))
@@ -294,21 +298,47 @@ class StudyRunner:
     def _train_stamp(self, cell: Cell, base: str) -> str:
         local = Path(base).exists()  # a local model is known by its content, a hub id by its name
         files = ([Path(base)] if local else []) + [self.layout.split("train"), self.layout.split("val")]
-        run = cell.identity
+        run, config = cell.identity, self._train_config(cell)
+        grpo = run.strategy == GRPO
+        if grpo and config.grpo.start_folder() is not None:
+            files.append(config.grpo.start_folder())  # the supervised run it starts from
         return fingerprint("train", None if local else base, run.strategy, run.objective,
-                           seeded(self.study.train, cell.seed).model_dump(mode="json"),
-                           cell.model.model_dump(mode="json", include=MODEL_SETTINGS), files=files)
+                           # GRPO's settings are no other strategy's concern: tuning them
+                           # retrains no SFT cell
+                           config.model_dump(mode="json", exclude=None if grpo else {"grpo"}),
+                           cell.model.model_dump(mode="json", include=MODEL_SETTINGS),
+                           *([self._trained_prompt(cell)] if cell.identity.prompt else []),
+                           files=files)
+
+    def _train_config(self, cell: Cell) -> TrainConfig:
+        """The cell's training settings: the study's, with the strategy's tuned ones laid over them
+        (a study written by ``tunelens tune``), and the cell's seed."""
+        return seeded(self.study.tune.train_for(self.study.train, cell.identity.strategy), cell.seed)
+
+    def _trained_prompt(self, cell: Cell) -> dict:
+        """What training sees of the cell's prompt: its format and instruction."""
+        settings = prompt_settings(self.study, cell.model, cell.identity.prompt)
+        return {k: settings[k] for k in ("prompt_format", "instruction")}
+
+    def _shots(self, cell: Cell) -> list[dict]:
+        """The cell's few-shot examples (fixed rows of the training split), placed by generation."""
+        from tunelens.data.templates import pick_shots
+
+        n = prompt_settings(self.study, cell.model, cell.identity.prompt)["shots"]
+        return pick_shots(read_jsonl(self.layout.split("train")), n) if n else []
 
     def _train(self, cell: Cell, base: str, model_dir: Path, tracking: TrackingConfig | None) -> None:
         from tunelens.train import train
 
-        run = replace(cell.identity, rag=False)  # the trained model is the non-RAG twin's
-        spec = cell.model
+        # the trained model is the one its RAG twin and its few-shot prompts share
+        run = replace(cell.identity, rag=False, prompt=cell.identity.train_prompt or cell.identity.prompt,
+                      train_prompt=None)
+        spec, prompt = cell.model, self._trained_prompt(cell)
         train(base, self.layout.data, model_dir, run.strategy, run.objective,
-              config=seeded(self.study.train, cell.seed), tracking=tracking,
+              config=self._train_config(cell), tracking=tracking,
               run_name=run.name, identity=run.to_dict(),  # run.json records who the run is
               dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
-              prompt_format=spec.prompt_format)
+              prompt_format=prompt["prompt_format"], instruction=prompt["instruction"])
 
     # -- the whole study -------------------------------------------------------------------------
 
@@ -319,6 +349,7 @@ class StudyRunner:
 
         cells = expand_matrix(self.study, self.origin)
         check_model_paths(self.study, self.origin)
+        check_grpo(self.study, cells, self.origin)
         for i, spec in enumerate(self.study.models):
             if spec.dtype != "auto":  # auto is known only once the checkpoint's config is read
                 check_dtype(spec.dtype, f"{self.origin}: models.{i}.dtype")

@@ -10,6 +10,8 @@ from tunelens.cli import models
 from tunelens.cli import outputs
 from tunelens.cli import explain
 from tunelens.cli import study
+from tunelens.cli import tune
+from tunelens.cli import serve
 from tunelens.cli.app import app, console, entry, err_console, main
 
 __all__ = ["app", "console", "entry", "err_console", "main"]

@@ -247,6 +247,16 @@ def data_generate_cmd(
                              f"MinHash; default: {_default('seed')}."),
     api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable holding "
                                     "the server's API key (none for local servers)."),
+    min_judge_score: float = typer.Option(None, "--min-judge-score", min=1.0, max=5.0, help="Judge "
+                                          "filter: a second model grades each pair's accuracy and "
+                                          "relevance (1-5); pairs whose mean is below this go to the "
+                                          "rejects. Needs --judge-url/--judge-model or --judge-path."),
+    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible server of the judge "
+                                  "(key from TUNELENS_JUDGE_API_KEY)."),
+    judge_model: str = typer.Option(None, "--judge-model", help="The judge's model name on "
+                                    "--judge-url."),
+    judge_path: str = typer.Option(None, "--judge-path", help="A local model as judge (any model "
+                                   "reference)."),
     threads: int = opt.threads_option(),
 ) -> None:
     """Write instruction pairs with an LLM from seed clauses, filtered, de-duplicated, resumable."""
@@ -259,7 +269,9 @@ def data_generate_cmd(
         n=n, embeddings=embeddings, templates=tuple(template or ()),
         temperatures=tuple(temperature or ()), top_ps=tuple(top_p or ()), max_tokens=max_tokens,
         compliance=compliance, batch_size=batch_size, concurrency=concurrency,
-        max_attempts=max_attempts, timeout=timeout, seed=seed, api_key_env=api_key_env)
+        max_attempts=max_attempts, timeout=timeout, seed=seed, api_key_env=api_key_env,
+        min_judge_score=min_judge_score, judge_url=judge_url, judge_model=judge_model,
+        judge_path=judge_path)
     card = generate_data(input, out, generator, settings, url=generator_url,
                          progress=err_console.is_terminal)
     _print_generated(card, out)

@@ -109,19 +109,39 @@ def _print_run(info: dict, title: str) -> None:
 
 @app.command("export")
 def export_cmd(
-    model: Path = typer.Option(..., "--model", help="A finished training run folder (with run.json)."),
-    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge adapter weights into the base "
-                               "(qlora: into the de-quantized fp32 base). The only export mode."),
-    out: Path = opt.out_option("Standalone checkpoint folder."),
+    run: Path = typer.Argument(None, help="A finished training run folder (with run.json)."),
+    model: Path = typer.Option(None, "--model", help="The run folder, as a flag (same as RUN)."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge adapter weights into the "
+                               "base (qlora: into the de-quantized fp32 base) for a standalone "
+                               "checkpoint, or keep the adapter as it was trained (small; loads "
+                               "over its base with PEFT). Full-weight runs are exported as they are."),
+    out: Path = opt.out_option("Hub-ready folder: safetensors weights (merged or adapter), the "
+                               "tokenizer, export.json and a model card (README.md)."),
+    metrics: Path = typer.Option(None, "--metrics", help="metrics/<run>.json for the card "
+                                 "(default: the run's own in its study, if any)."),
+    attributions: Path = typer.Option(None, "--attributions", help="attributions/<run>.parquet "
+                                      "for the card's attribution summary and heat-map (default: "
+                                      "the run's own in its study, if any)."),
+    push: str = typer.Option(None, "--push", help="Also upload the folder to this hub model "
+                             "repository (owner/name) with huggingface_hub; the token comes from "
+                             "HF_TOKEN or `hf auth login`."),
     threads: int = opt.threads_option(),
 ) -> None:
-    """Write a standalone checkpoint (no PEFT needed) from a training run."""
-    if not merge:
-        raise TunelensError("export: only merged export exists; pass --merge")
-    opt.existing(model, "folder")
+    """Write a hub-ready folder from a training run: weights, tokenizer and a model card with
+    its metrics (with intervals) and what the model attends to; optionally push it."""
+    if (run is None) == (model is None):
+        raise TunelensError("export: give the run folder once, as RUN or --model")
+    source = run or model
+    opt.existing(source, "folder")
+    for given in (metrics, attributions):
+        if given is not None:
+            opt.existing(given)
     check_writable(out, "dir")
     opt.set_threads(threads)
-    from tunelens.train import export_merged
+    from tunelens.train.export import export_run
 
-    path = export_merged(model, out)
-    console.print(f"merged checkpoint written to [bold]{path}[/]")
+    done = export_run(source, out, merge=merge, metrics=metrics, attributions=attributions, push=push)
+    kind = "adapter" if done["adapter"] else "merged checkpoint" if done["merged"] else "checkpoint"
+    console.print(f"{kind} and model card written to [bold]{done['out']}[/]", highlight=False)
+    if done["url"]:
+        console.print(f"pushed: {done['url']}", highlight=False)

@@ -247,12 +247,13 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
     memory = study_estimates(study, cells, zoo_root, device)
     floor = _time_floor(memory, study, threads) if dry_run else None  # a probe: dry runs only
     table = _table(f"study '{study.name}': {len(cells)} cells (runs are model__strategy__"
-                   "objective[__rag][__s<seed>])",
+                   "objective[__prompt][__rag][__s<seed>])",
                    ("run", "training peak GB") + (("training compute",) if floor else ()),
                    right_from=1)
     for c in cells:
-        est = memory[c.train_name]
-        peak = DASH if est is None else f"{est.total / 1024**3:.1f}"
+        est = memory.get(c.train_name)
+        peak = ("not trained" if c.train_name not in memory
+                else DASH if est is None else f"{est.total / 1024**3:.1f}")
         table.add_row(c.name, peak, *((floor.get(c.train_name, DASH),) if floor else ()))
     console.print(table)
     budget = memory_gb or machine_memory_gb(device)
@@ -261,7 +262,7 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         console.print(f"memory: {budget:.1f} GB available on the {device}"
                       + ("" if memory_gb is None else " (--memory-gb)"))
-    check_budget([(c.name, memory[c.train_name]) for c in cells], budget, origin, jobs)
+    check_budget([(c.name, memory.get(c.train_name)) for c in cells], budget, origin, jobs)
     if dry_run:
         return
     set_threads(threads)

@@ -43,7 +43,7 @@ from tunelens.layout import StudyLayout
 STEPS = ("attributions", "concentration", "tests", "agreement", "scale", "write")
 STAT_FILES = ("runs", "concentration", "category_shares", "tests", "agreement", "scale", "targets")
 INPUTS_FILE = "inputs.json"  # the fingerprint of what the statistics were computed from
-STATS_FORMAT = 4  # bumped when the layout of stats/*.json changes; older files are recomputed
+STATS_FORMAT = 5  # bumped when the layout of stats/*.json changes; older files are recomputed
 
 
 def input_fingerprint(study_dir: Path) -> str:
@@ -79,7 +79,7 @@ def compare_study(study_dir: Path, config: ComparisonConfig | None = None, out: 
                 if unrecorded else "")
         raise TunelensError(f"{study_dir}: no runs found (no run identities in runs/ or "
                             f"models/*/run.json){hint}")
-    primaries = sorted(primary_runs(runs), key=lambda r: (r.params or 0, r.model, strategy_key(r.strategy),
+    primaries = sorted(primary_runs(runs), key=lambda r: (r.params or 0, r.model, strategy_key(r.arm),
                                                            r.objective, r.rag))
     frames = {r.name: read_targets(r.attributions) for r in runs if r.attributions}
     main = targets.main_target(frames)
@@ -206,7 +206,7 @@ def _shares_summary(primaries: list[RunInfo], shares: dict[str, pd.DataFrame], c
     per_strategy: dict[str, dict] = {}
     per_model: dict[str, dict] = {}
     cell_of = {r.name: r.cell for r in primaries}
-    for key_of, target in ((lambda r: r.strategy, per_strategy), (lambda r: r.model, per_model)):
+    for key_of, target in ((lambda r: r.arm, per_strategy), (lambda r: r.model, per_model)):
         members: dict[str, list[str]] = {}
         for r in primaries:
             if r.name in per_run:
@@ -257,7 +257,8 @@ def _enrichment_jobs(shares: dict[str, pd.DataFrame], counts: dict[str, pd.DataF
 
 def _scale_curves(runs: list[RunInfo], conc: dict, cfg: ComparisonConfig,
                   extra: dict | None = None) -> list:
-    """One curve per (strategy, objective, rag) with two or more model sizes, per metric.
+    """One curve per (arm, objective, rag) with two or more model sizes, per metric (an arm is
+    the strategy, with the prompt when the study names prompts).
 
     Every run of a cell counts: runs of one size that differ by seed are its replicates.
     ``extra``: more (metric -> run -> (numerator, denominator) series) to fit, e.g. enrichment.
@@ -265,16 +266,17 @@ def _scale_curves(runs: list[RunInfo], conc: dict, cfg: ComparisonConfig,
     groups: dict[tuple, list[RunInfo]] = {}
     for r in runs:
         if r.params:
-            groups.setdefault((r.strategy, r.objective, r.rag), []).append(r)
+            groups.setdefault((r.arm, r.objective, r.rag), []).append(r)
     curves = []
-    for (strategy, objective, rag), members in sorted(
+    for (arm, objective, rag), members in sorted(
             groups.items(), key=lambda kv: (strategy_key(kv[0][0]), kv[0][1], kv[0][2])):
         if len({r.params for r in members}) < 2:
             continue
         for i, (metric, values, ratio) in enumerate(_scale_jobs(members, conc, extra or {})):
             c = _scale_curve(metric, members, values, ratio, cfg, cfg.seed + i)
             if c is not None:
-                curves.append({"strategy": strategy, "objective": objective, "rag": rag, **c})
+                curves.append({"strategy": members[0].strategy, "arm": arm, "objective": objective,
+                               "rag": rag, **c})
     return curves
 
 

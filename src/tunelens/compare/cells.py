@@ -79,7 +79,8 @@ def cell_index(runs: list[RunInfo], primaries: list[RunInfo]) -> list[dict]:
     out = []
     for p in primaries:
         rs = cells[p.cell]
-        out.append({"cell": p.cell, "model": p.model, "strategy": p.strategy, "objective": p.objective,
+        out.append({"cell": p.cell, "model": p.model, "strategy": p.strategy, "arm": p.arm,
+                    "prompt": p.prompt, "objective": p.objective,
                     "rag": p.rag, "params": p.params, "runs": [r.name for r in rs],
                     "seeds": [r.seed for r in rs], "model_dirs": [r.model_dir for r in rs],
                     "evaluated": [r.name for r in rs if r.aggregate],

@@ -74,10 +74,11 @@ def _seed_key(r: RunInfo) -> int:
 
 
 def _arms(members: list[RunInfo]) -> dict[str, list[RunInfo]]:
-    """Strategy -> its runs (seeds), strategies in catalog order, seeds ascending."""
+    """Arm (strategy, with the prompt when the study names prompts) -> its runs (seeds), in
+    catalog order, seeds ascending."""
     arms: dict[str, list[RunInfo]] = {}
-    for r in sorted(members, key=lambda r: (strategy_key(r.strategy), _seed_key(r))):
-        arms.setdefault(r.strategy, []).append(r)
+    for r in sorted(members, key=lambda r: (strategy_key(r.arm), _seed_key(r))):
+        arms.setdefault(r.arm, []).append(r)
     return arms
 
 

@@ -36,7 +36,7 @@ from tunelens.contracts import MetricsFile, read_object
 from tunelens.errors import TunelensError
 from tunelens.io import read_json
 from tunelens.layout import RunIdentity, StudyLayout
-from tunelens.train.catalog import STRATEGY_ORDER
+from tunelens.train.catalog import ARM_JOIN, STRATEGY_ORDER
 
 __all__ = ["RunInfo", "discover_runs", "primary_runs", "read_attributions", "read_targets",
            "strategy_key", "unrecorded_outputs"]
@@ -50,8 +50,10 @@ OUTPUTS = (("predictions_dir", ".jsonl"), ("metrics_dir", ".json"), ("attributio
 
 
 def strategy_key(strategy: str) -> tuple[int, str]:
-    """Strategies in the catalog's order (most to fewest trained weights), unknown ones last."""
-    order = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    """Strategies (or arms ``<strategy> · <prompt>``) in the catalog's order (most to fewest
+    trained weights), unknown ones last."""
+    base = strategy.partition(ARM_JOIN)[0]
+    order = STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER)
     return (order, strategy)
 
 
@@ -77,6 +79,8 @@ class RunInfo:
     objective = property(lambda self: self.identity.objective)
     rag = property(lambda self: self.identity.rag)
     seed = property(lambda self: self.identity.seed)
+    prompt = property(lambda self: self.identity.prompt)
+    arm = property(lambda self: self.identity.arm)  # what comparisons set against each other
 
     @property
     def cell(self) -> str:
@@ -93,7 +97,8 @@ class RunInfo:
         rj = self.run_json or {}
         return {
             "name": self.name, "cell": self.cell, "model": self.model, "strategy": self.strategy,
-            "objective": self.objective, "rag": self.rag, "seed": self.seed, "status": self.status,
+            "prompt": self.prompt, "arm": self.arm, "objective": self.objective, "rag": self.rag,
+            "seed": self.seed, "status": self.status,
             "error": self.error, "params": self.params, "model_dir": self.model_dir,
             "training": {k: _finite(rj.get(k)) for k in TRAINING_KEYS} if rj else None,
             "train_loss": _loss_curve(rj.get("train_loss")),

@@ -114,6 +114,6 @@ def _cell(runs: list[RunInfo], measured: dict, cfg: ComparisonConfig, seed: int)
         row["significant"] = bool(adjusted < cfg.alpha)
     first = runs[0]
     n = rows[0]["n"] if rows else len(tables[first.name][TARGETS[0]])
-    return {"model": first.model, "strategy": first.strategy, "objective": first.objective,
+    return {"model": first.model, "strategy": first.strategy, "arm": first.arm, "objective": first.objective,
             "rag": first.rag, "runs": [r.name for r in runs], "seeds": [r.seed for r in runs],
             "n_examples": n, **summary, "tests": rows}

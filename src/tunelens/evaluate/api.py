@@ -17,7 +17,9 @@ from tunelens.config import EvaluationConfig, JudgeConfig, format_validation_err
 from tunelens.contracts import PredictionRow, read_rows
 from tunelens.errors import TunelensError
 from tunelens.evaluate import judge as judging
-from tunelens.evaluate import specs
+from tunelens.evaluate import specs, structure
+from tunelens.evaluate.bertscore import bertscore
+from tunelens.evaluate.bertscore import describe as bertscore_settings
 from tunelens.evaluate.bootstrap import Resampler
 from tunelens.evaluate.diversity import diversity_metrics
 from tunelens.evaluate.metrics import corpus_stats, text_metrics
@@ -93,6 +95,7 @@ def score(rows: list[dict], config: EvaluationConfig,
         "examples": len(rows),
         "rule_scored_examples": sum(s is not None for s in rule_scores),
         "rule_field_accuracy_by_field": field_breakdown(rule_scores),
+        "bertscore": bertscore_settings(config.bertscore_model),
         "bootstrap_samples": config.bootstrap_samples,
         "confidence": config.confidence,
         "interval_methods": methods,
@@ -110,13 +113,21 @@ def score(rows: list[dict], config: EvaluationConfig,
 def _per_example_values(preds, refs, config: EvaluationConfig, stats, rule_scores,
                         judgements) -> dict[str, list]:
     """metric -> one value per example (None where the metric does not apply)."""
+    pairs = list(zip(preds, refs, strict=True))
     values: dict[str, list] = {
         k: list(v) for k, v in text_metrics(preds, refs, config.embedding_model, stats).items()
     }
+    values["token_levenshtein"] = [structure.token_levenshtein(p, r) for p, r in pairs]
+    values.update({k: list(v) for k, v in bertscore(preds, refs, config.bertscore_model).items()})
     values["rule_parse_rate"] = [None if s is None else float(s.parsed) for s in rule_scores]
     values["rule_field_accuracy"] = [None if s is None else s.field_accuracy for s in rule_scores]
     values["rule_exec_accuracy"] = [None if s is None else s.exec_accuracy for s in rule_scores]
     values["rule_exec_agreement"] = [None if s is None else s.exec_agreement for s in rule_scores]
+    values["rule_false_positive_rate"] = [None if s is None else s.false_positive_rate
+                                          for s in rule_scores]
+    values["rule_false_negative_rate"] = [None if s is None else s.false_negative_rate
+                                          for s in rule_scores]
+    values["rule_tree_edit_distance"] = [structure.rule_tree_edit_distance(p, r) for p, r in pairs]
     if judgements is not None:
         values["judge_accuracy"] = [j.verdict and j.verdict.accuracy for j in judgements]
         values["judge_relevance"] = [j.verdict and j.verdict.relevance for j in judgements]

@@ -11,6 +11,7 @@ has a spec here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SCALE_UNIT = {"percent": 100.0, "unit": 1.0, "likert": 1.0, "count": 1.0}
@@ -23,7 +24,8 @@ class MetricSpec:
     ``scale``: ``percent`` (0–100, sacrebleu's convention), ``unit`` (0–1), ``likert`` (a judge's
     1–5), ``count``. ``greater_is_better``: True / False, or None where neither is (how
     concentrated attributions are is a description, not a quality). ``family``: ``text``,
-    ``semantic``, ``rule``, ``judge``, ``diversity``, ``concentration``.
+    ``semantic``, ``rule``, ``yardstick`` (the measures rule-generation papers report: tree and token
+    edit distances, BERTScore), ``judge``, ``diversity``, ``concentration``.
     """
 
     name: str
@@ -61,6 +63,16 @@ _SPECS = (
     MetricSpec("rule_field_accuracy", "unit", True, "rule", "rule field accuracy"),
     MetricSpec("rule_exec_accuracy", "unit", True, "rule", "rule execution accuracy"),
     MetricSpec("rule_exec_agreement", "unit", True, "rule", "rule execution agreement"),
+    MetricSpec("rule_false_positive_rate", "unit", False, "rule", "rule false-positive rate"),
+    MetricSpec("rule_false_negative_rate", "unit", False, "rule", "rule false-negative rate"),
+    # what rule-generation papers report: edit distances (0 = the reference's own tree / tokens,
+    # evaluate.structure) and BERTScore, here on the bundled MiniLM (another model's keys are
+    # derived, see spec())
+    MetricSpec("rule_tree_edit_distance", "unit", False, "yardstick", "rule tree edit distance"),
+    MetricSpec("token_levenshtein", "unit", False, "yardstick", "token Levenshtein distance"),
+    MetricSpec("bertscore_minilm_l6_precision", "unit", True, "yardstick", "BERTScore P (MiniLM-L6)"),
+    MetricSpec("bertscore_minilm_l6_recall", "unit", True, "yardstick", "BERTScore R (MiniLM-L6)"),
+    MetricSpec("bertscore_minilm_l6_f1", "unit", True, "yardstick", "BERTScore F1 (MiniLM-L6)"),
     MetricSpec("judge_accuracy", "likert", True, "judge", "judge accuracy"),
     MetricSpec("judge_relevance", "likert", True, "judge", "judge relevance"),
     MetricSpec("distinct_1", "unit", True, "diversity", "distinct-1"),
@@ -79,12 +91,23 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in _SPECS}
 QUALITY_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Similarity to the reference", ("text", "semantic")),
     ("Rule level", ("rule",)),
+    ("Edit distances and BERTScore", ("yardstick",)),
     ("Judge and diversity", ("judge", "diversity")),
 )
 
 
+_BERTSCORE = re.compile(r"^bertscore_([a-z0-9_]+?)_(precision|recall|f1)$")
+_BERTSCORE_PART = {"precision": "P", "recall": "R", "f1": "F1"}
+
+
 def spec(name: str) -> MetricSpec | None:
-    return METRICS.get(name)
+    """The metric's spec; BERTScore under a configured model (``bertscore_<model>_f1``, keys
+    named by :mod:`tunelens.evaluate.bertscore`) gets one derived from the bundled model's."""
+    found = METRICS.get(name)
+    if found is None and (m := _BERTSCORE.match(name)):
+        return MetricSpec(name, "unit", True, "yardstick",
+                          f"BERTScore {_BERTSCORE_PART[m.group(2)]} ({m.group(1)})")
+    return found
 
 
 def of_family(*families: str) -> tuple[str, ...]:
@@ -94,34 +117,34 @@ def of_family(*families: str) -> tuple[str, ...]:
 
 def label(name: str) -> str:
     """What a reader calls the metric; the key itself for one the registry does not know."""
-    s = METRICS.get(name)
+    s = spec(name)
     return s.label if s else name
 
 
 def is_percent(name: str) -> bool:
-    s = METRICS.get(name)
+    s = spec(name)
     return s is not None and s.scale == "percent"
 
 
 def unit(name: str) -> float:
-    s = METRICS.get(name)
+    s = spec(name)
     return s.unit if s else 1.0
 
 
 def lower_is_better(name: str) -> bool:
-    s = METRICS.get(name)
+    s = spec(name)
     return s is not None and s.greater_is_better is False
 
 
 def better(name: str) -> str:
     """``higher`` where a higher value is better (unknown metrics are taken as quality scores),
     else ``any`` (lower-is-better and descriptive metrics: the size of a change counts)."""
-    s = METRICS.get(name)
+    s = spec(name)
     return "higher" if s is None or s.greater_is_better else "any"
 
 
 def digits(name: str, sentence: bool = False) -> int:
-    s = METRICS.get(name)
+    s = spec(name)
     if s is None:
         return 2 if sentence else 3
     return s.sentence_digits if sentence else s.digits
@@ -131,4 +154,5 @@ def ordered(names) -> list[str]:
     """``names`` in registry order, names the registry does not know after them as given."""
     names = list(names)
     known = [s.name for s in _SPECS if s.name in names]
-    return known + [n for n in names if n not in METRICS]
+    derived = [n for n in names if n not in METRICS and spec(n) is not None]
+    return known + derived + [n for n in names if spec(n) is None]

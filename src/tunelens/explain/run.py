@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from tunelens.config import ExplanationConfig
@@ -83,7 +84,8 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         task = bar.add_task(f"explaining ({Path(str(model)).name})", total=len(examples),
                             completed=len(examples) - len(todo))
         for ex in todo:
-            record = _explain_one(llm, tokenizer, {**ex, "prompt_format": fmt}, config)
+            record = _explain_one(llm, tokenizer, {**ex, "settings": replace(settings, prompt_format=fmt)},
+                                  config)
             log.write(dumps(record) + "\n")
             log.flush()
             done[_key(ex)] = record
@@ -225,13 +227,13 @@ def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
 
 
 def _placed(tokenizer, ex: dict) -> tuple[str, int]:
-    """The prompt the model saw (the predictions' own, else the run's prompt format) and where
-    the clause starts."""
-    from tunelens.models.run_settings import render
+    """The prompt the model saw (the predictions' own, else the run's prompt: format,
+    instruction, few-shot examples) and where the clause starts."""
+    from tunelens.models.run_settings import ModelSettings
 
     clause, rendered = ex["clause"], ex["rendered"]
     if not (isinstance(rendered, str) and clause in rendered):
-        rendered = render(tokenizer, clause, (), ex.get("prompt_format", "auto"))
+        rendered = ex.get("settings", ModelSettings()).render(tokenizer, clause)
     lo = rendered.rfind(clause)
     if lo < 0:
         raise TunelensError(f"example {ex['example_id']}: the prompt template does not contain the clause")

@@ -1,9 +1,10 @@
 """The ``generate`` stage: a model (run folder or path) and a JSONL of clauses in, predictions out.
 
-Prompts go through :func:`tunelens.models.run_settings.render` in the prompt format training
-used (recorded in the run's ``run.json``; ``chat`` or ``plain``), with retrieved examples placed
-before the clause when a RAG index is given. Decoding and batching live
-in :mod:`tunelens.infer.batching`; this module is file handling, retrieval and progress.
+Prompts go through :meth:`tunelens.models.run_settings.ModelSettings.render` in the prompt format
+and instruction training used (recorded in the run's ``run.json``; ``chat`` or ``plain``), with a
+named prompt's fixed examples (few-shot) and then retrieved examples placed before the clause.
+Decoding and batching live in :mod:`tunelens.infer.batching`; this module is file handling,
+retrieval and progress.
 
 Each output row: ``id``, ``prompt`` (the clause), ``reference`` (the input's ``completion``),
 ``prediction``, ``topic``/``source`` when present, ``rendered_prompt`` (the exact model input, so
@@ -47,15 +48,17 @@ def read_examples(data: Path, max_examples: int | None = None, sample_seed: int 
 def generate_predictions(model: str, data: Path, out: Path, config: GenerationConfig | None = None,
                          rag_index: Path | None = None, rag_k: int | None = None,
                          progress: bool = True, *, dtype: str | None = None,
-                         trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
+                         trust_remote_code: bool | None = None, prompt_format: str | None = None,
+                         shots: list[dict] | None = None) -> dict:
     """Generate a prediction for every row of ``data`` and write ``out`` (JSONL) atomically.
 
     ``model`` is a training run folder (full weights, or a LoRA/QLoRA adapter loaded over its
     re-quantized base) or any model path/id. ``dtype``, ``trust_remote_code`` and
     ``prompt_format``, when given, override what a run's ``run.json`` records
-    (:class:`~tunelens.models.run_settings.ModelSettings`). Returns a summary: rows, tokens
-    generated, seconds, tokens per second, the prompt format, and how many prompts were cut to
-    fit the context.
+    (:class:`~tunelens.models.run_settings.ModelSettings`); ``shots`` (``{prompt, completion}``
+    rows) go before every clause, ahead of any retrieved examples (few-shot prompting). Returns
+    a summary: rows, tokens generated, seconds, tokens per second, the prompt format, and how
+    many prompts were cut to fit the context.
     """
     config = config or GenerationConfig()
     data, out = Path(data), Path(out)
@@ -63,16 +66,16 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
     retriever, rag_k = _retriever(rag_index, rag_k)  # before the model: a bad index fails fast
 
     from tunelens.models.loading import load_for_inference, place_on_device
-    from tunelens.models.run_settings import ModelSettings, render, resolve_prompt_format
+    from tunelens.models.run_settings import ModelSettings, resolve_prompt_format
 
-    settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
+    settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format, shots=shots)
     llm, tokenizer = load_for_inference(str(model), dtype=settings.dtype,
                                         trust_remote_code=settings.trust_remote_code)
     fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
     llm = place_on_device(llm)
     retrieved = _retrieve(retriever, rows, rag_k)
-    prompts = [render(tokenizer, row.prompt, [{"prompt": h["prompt"], "completion": h["completion"]}
-                                              for h in hits], fmt)
+    prompts = [settings.render(tokenizer, row.prompt, [{"prompt": h["prompt"],
+                                                        "completion": h["completion"]} for h in hits])
                for row, hits in zip(rows, retrieved, strict=True)]
 
     start = time.perf_counter()

@@ -155,6 +155,10 @@ def load_for_inference(model: str, quantization=None, *, dtype: str | None = Non
     settings = ModelSettings.of(model, dtype=dtype, trust_remote_code=trust_remote_code)
     dtype, trust_remote_code = settings.dtype, settings.trust_remote_code
     folder = Path(model)
+    untrained = prompt_only_base(folder)
+    if untrained is not None:  # strategy none: the run is its base, prompted its way
+        return load_model(untrained, dtype=dtype, quantization=quantization,
+                          trust_remote_code=trust_remote_code)
     if not (folder / "adapter_config.json").is_file():
         return load_model(model, dtype=dtype, quantization=quantization,
                           trust_remote_code=trust_remote_code)
@@ -183,11 +187,28 @@ def model_sources(model: str) -> list[Path]:
     if not folder.is_dir():  # a .gguf file is its own content; a short name's is pinned
         return [folder] if folder.is_file() and references.is_gguf_reference(model) else []
     sources = [folder]
+    untrained = prompt_only_base(folder)
+    if untrained is not None and Path(untrained).is_dir():
+        sources.append(Path(untrained))
     if (folder / "adapter_config.json").is_file():
         base = Path(_adapter_base(folder, _run_info(folder))).expanduser()
         if base.is_dir():
             sources.append(base)
     return sources
+
+
+def prompt_only_base(folder: Path) -> str | None:
+    """The base an untrained run (strategy ``none``, :mod:`tunelens.train.prompt_only`) stands
+    for; None for any other folder."""
+    if not (folder / "run.json").is_file():
+        return None
+    info = _run_info(folder)
+    if not info.get("prompt_only"):
+        return None
+    base = info.get("base_model")
+    if not isinstance(base, str) or not base:
+        raise TunelensError(f"{folder / 'run.json'}: an untrained run without base_model")
+    return base
 
 
 def _run_info(folder: Path) -> dict:

@@ -13,6 +13,11 @@ Prompt formats (the text itself is :mod:`tunelens.data.templates`'s):
 * ``plain``: the documented plain template (what the bundled ladder models learn).
 * ``auto``: ``chat`` when the tokenizer has a chat template, else ``plain``.
 
+A study's ``prompts`` axis (:class:`~tunelens.data.templates.NamedPrompt`) adds the
+``instruction`` (run.json records it beside the format; absent: the default one) and the
+``shots``, fixed examples generation places before the clause: given to generation, never
+recorded, as training renders none (prompts that differ only in shots share a trained model).
+
 A dtype is checked by computing in it (a small matmul and softmax on the device the model will
 run on) rather than by a list of what should work: torch 2.13 runs float16 and bfloat16 on this
 CPU, but builds and devices differ (a GPU without bfloat16, a CPU build without half kernels),
@@ -44,23 +49,35 @@ class ModelSettings:
     dtype: str = _default("dtype")
     trust_remote_code: bool = _default("trust_remote_code")
     prompt_format: str = _default("prompt_format")
+    instruction: str | None = None  # None: tunelens.data.templates.INSTRUCTION
+    shots: tuple[dict, ...] = ()  # few-shot examples placed before the clause (generation only)
 
     @classmethod
     def of(cls, model: str, dtype: str | None = None, trust_remote_code: bool | None = None,
-           prompt_format: str | None = None) -> ModelSettings:
+           prompt_format: str | None = None, instruction: str | None = None,
+           shots: Sequence[dict] | None = None) -> ModelSettings:
         """What was given, else what ``model``'s ``run.json`` records, else the defaults."""
         recorded = recorded_settings(model)
         given = {"dtype": dtype, "trust_remote_code": trust_remote_code,
-                 "prompt_format": prompt_format}
+                 "prompt_format": prompt_format, "instruction": instruction}
         chosen = {k: v if v is not None else recorded.get(k, getattr(cls, k)) for k, v in given.items()}
         check_choice(chosen["dtype"], DTYPES, "dtype", model)
         check_choice(chosen["prompt_format"], PROMPT_FORMATS, "prompt format", model)
-        return cls(**chosen)
+        return cls(**chosen, shots=tuple(shots or ()))
 
     def record(self, tokenizer) -> dict:
         """The keys ``run.json`` keeps (the prompt format resolved for this tokenizer)."""
-        return {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
-                "prompt_format": resolve_prompt_format(tokenizer, self.prompt_format)}
+        out = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
+               "prompt_format": resolve_prompt_format(tokenizer, self.prompt_format)}
+        if self.instruction is not None:
+            out["instruction"] = self.instruction
+        return out
+
+    def render(self, tokenizer, clause: str, retrieved: Sequence[dict] = ()) -> str:
+        """The model input for ``clause`` as generation sees it: the shots, then any retrieved
+        examples, then the clause, in this run's format and instruction."""
+        return render(tokenizer, clause, [*self.shots, *retrieved], self.prompt_format,
+                      self.instruction)
 
 
 def check_choice(value, choices: Sequence[str], what: str, where: str) -> None:
@@ -78,9 +95,12 @@ def recorded_settings(model: str) -> dict:
     info = read_json(path)
     if not isinstance(info, dict):
         raise TunelensError(f"{path}: expected a JSON object")
-    recorded = {k: info[k] for k in ("dtype", "trust_remote_code", "prompt_format") if k in info}
+    recorded = {k: info[k] for k in ("dtype", "trust_remote_code", "prompt_format", "instruction")
+                if k in info}
     if not isinstance(recorded.get("trust_remote_code", False), bool):
         raise TunelensError(f"{path}: 'trust_remote_code' must be true or false")
+    if not isinstance(recorded.get("instruction", ""), str):
+        raise TunelensError(f"{path}: 'instruction' must be text")
     for key, choices in (("dtype", DTYPES), ("prompt_format", PROMPT_FORMATS)):
         if key in recorded:
             check_choice(recorded[key], choices, key.replace("_", " "), str(path))
@@ -149,13 +169,14 @@ def resolve_prompt_format(tokenizer, prompt_format: str) -> str:
     return prompt_format
 
 
-def render(tokenizer, clause: str, examples: Sequence[dict] = (), prompt_format: str = "auto") -> str:
+def render(tokenizer, clause: str, examples: Sequence[dict] = (), prompt_format: str = "auto",
+           instruction: str | None = None) -> str:
     """The model input for one clause in ``prompt_format`` (the one rendering every stage uses)."""
     from tunelens.data.templates import render_plain, render_prompt
 
     if resolve_prompt_format(tokenizer, prompt_format) == "chat":
-        return render_prompt(tokenizer, clause, examples)
-    return render_plain(clause, examples)
+        return render_prompt(tokenizer, clause, examples, instruction)
+    return render_plain(clause, examples, instruction)
 
 
 def adds_special_tokens(tokenizer, text: str) -> bool:

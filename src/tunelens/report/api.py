@@ -23,8 +23,11 @@ from tunelens.layout import RunIdentity, StudyLayout
 from tunelens.report import figures, tables, targets
 from tunelens.report.findings import digest
 from tunelens.report.html import data_uri, render
+from tunelens.report.rewards import section as rewards_section
 from tunelens.report.tables import QUALITY_TABLES
 from tunelens.report.token_spans import read_texts, side_by_side
+from tunelens.report.tuning import section as tuning_section
+from tunelens.report.wording import arm_of
 
 # QUALITY_TABLES is tables', re-exported for callers that know it from here
 __all__ = ["FIGURE_FILES", "QUALITY_TABLES", "fresh_stats", "write_report"]
@@ -46,7 +49,7 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
     stats = fresh_stats(layout.root, comparison)
     runs = stats["runs"]["runs"]
     primary = [r for r in runs if r["name"] in set(stats["runs"]["primary"])]
-    primary.sort(key=lambda r: (r["params"] or 0, r["model"], strategy_key(r["strategy"]),
+    primary.sort(key=lambda r: (r["params"] or 0, r["model"], strategy_key(arm_of(r)),
                                 r["objective"], r["rag"]))
     tests = _tests(stats["tests"], categories=False)
     cells = stats["runs"].get("cells") or []
@@ -82,6 +85,8 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
         "heatmaps": _heatmaps(layout, primary, cfg, stats["targets"]),
         "heatmap_legend": legend(),
         "failures": stats["runs"]["failures"],
+        "tuning": tuning_section(layout.study_yaml),
+        "rewards": rewards_section(layout, cfg.dpi),
     }
     out = Path(out) if out is not None else layout.report
     write_text(out, render(context))
@@ -145,7 +150,7 @@ def _scale(scale: dict) -> list[dict]:
         tested = plateau if verdict == "plateau" else trend if verdict in ("rising", "falling") else {}
         if tested.get("significant") is False:  # its test did not survive the report-wide correction
             verdict = f"{verdict} (not significant after correction)"
-        rows.append({"who": f"{c['strategy']} · {c['objective']}" + (" · rag" if c["rag"] else ""),
+        rows.append({"who": f"{arm_of(c)} · {c['objective']}" + (" · rag" if c["rag"] else ""),
                      "metric": c["metric"] + level, "n": len(c["points"]), "slope": slope,
                      "r2": fit.get("r2"), "p": trend.get("p"), "verdict": verdict,
                      "plateau": plateau.get("size"), "support": plateau.get("support")})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunelens.evaluate.specs import lower_is_better
 from tunelens.format import number
 from tunelens.report.wording import (
     Finding,
@@ -59,7 +60,11 @@ def _dir(row: dict) -> int:
 
 
 def _sign(kind: str, metric: str) -> int:
-    return CONCENTRATION_SIGN.get(metric, 1) if kind == "concentration" else 1
+    """+1 where "more" reads as a higher value; −1 for a lower-is-better quality metric (a
+    distance, an error rate), so the "more" side of a sentence is the better one."""
+    if kind == "concentration":
+        return CONCENTRATION_SIGN.get(metric, 1)
+    return -1 if kind == "quality" and lower_is_better(metric) else 1
 
 
 def _lead_rank(kind: str, metric: str, row: dict) -> tuple:
@@ -180,7 +185,8 @@ def _sentence(kind: str, metric: str, more: str, less: str, setting: str, seen: 
     if kind == "concentration":
         subject = f"{strategy(more)} attributions are more concentrated than {strategy(less)}"
     elif kind == "quality":
-        subject = f"{strategy(more)} scores higher than {strategy(less)} in {metric}"
+        better = "lower (better)" if lower_is_better(metric) else "higher"
+        subject = f"{strategy(more)} scores {better} than {strategy(less)} in {metric_label(metric)}"
     else:
         subject = (f"{strategy(more)} puts more attribution on {metric.removeprefix('share_')} tokens "
                    f"than {strategy(less)}")

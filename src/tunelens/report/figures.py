@@ -20,6 +20,7 @@ from tunelens.compare.runs import strategy_key
 from tunelens.evaluate import specs
 from tunelens.explain.heatmap import CATEGORY_COLOURS
 from tunelens.io import atomic_path
+from tunelens.report.wording import arm_of
 
 PALETTE = ["#268bd2", "#dc322f", "#859900", "#b58900", "#6c71c4", "#2aa198", "#cb4b16", "#d33682"]
 # Two size labels closer than this share of the axis (in log units of the sizes' span) would touch
@@ -43,7 +44,7 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
     if not per_example:
         return None
     runs = _run_index(stats)
-    strategies = _ordered_unique((runs[r]["strategy"] for r in per_example), key=strategy_key)
+    strategies = _ordered_unique((arm_of(runs[r]) for r in per_example), key=strategy_key)
     models = _ordered_unique((runs[r]["model"] for r in per_example),
                              key=lambda m: stats["runs"]["sizes"].get(m) or 0)
     metrics = list(stats["concentration"]["metrics"])
@@ -56,7 +57,7 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
     for ax, metric in zip(axes, metrics, strict=True):
         data = []
         for s in strategies:
-            values = [row[metric] for r, rows in per_example.items() if runs[r]["strategy"] == s
+            values = [row[metric] for r, rows in per_example.items() if arm_of(runs[r]) == s
                       for row in rows if row.get(metric) is not None]
             data.append(values)
         ax.boxplot(data, tick_labels=strategies, showfliers=False, widths=0.55,
@@ -64,7 +65,7 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
         for i, s in enumerate(strategies):
             for j, m in enumerate(models):
                 values = [row[metric] for r, rows in per_example.items()
-                          if runs[r]["strategy"] == s and runs[r]["model"] == m
+                          if arm_of(runs[r]) == s and runs[r]["model"] == m
                           for row in rows if row.get(metric) is not None]
                 if values:
                     x = i + 1 + rng.uniform(-0.18, 0.18, len(values))
@@ -170,7 +171,7 @@ def _scale_curve(ax, c: dict, colour: str) -> None:
     # a plateau is marked only where its test passed (a rise, then flat); "did not learn" goes into
     # the legend (annotations of curves that coincide, as untrained ones do, would overlap)
     verdict = c.get("verdict", "plateau" if c["plateau"]["size"] is not None else None)
-    label = c["strategy"] + ("" if c["objective"] == "instruct" else f" · {c['objective']}") + (
+    label = arm_of(c) + ("" if c["objective"] == "instruct" else f" · {c['objective']}") + (
         " · rag" if c["rag"] else "") + (" (did not learn)" if verdict == "did not learn" else "")
     ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o", color=colour, capsize=3, label=label)
     if c["fit"]:

@@ -23,7 +23,7 @@ from tunelens.report.differences import (
 )
 from tunelens.report.targets import findings as target_findings
 from tunelens.report.trends import reliance, reliance_trends, scale_findings
-from tunelens.report.wording import Finding, fmt, fmt_p, join, plural, strategy
+from tunelens.report.wording import Finding, arm_of, fmt, fmt_p, join, plural, strategy
 
 REQUIRED = ("failures", "best", "summary", "sample", "zero")  # never left out for the cap
 # what fills the rest of the cap, most wanted first; one of each kind before a second of any
@@ -135,7 +135,7 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     pairs = []
     for p in agreement["pairs"]:
         a, b = info.get(p["a"]), info.get(p["b"])
-        if not a or not b or p["spearman"]["mean"] is None or a["strategy"] == b["strategy"]:
+        if not a or not b or p["spearman"]["mean"] is None or arm_of(a) == arm_of(b):
             continue
         if (a["model"], a["objective"], a["rag"]) == (b["model"], b["objective"], b["rag"]):
             pairs.append((a, b, p))
@@ -150,8 +150,8 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     ci = f" [{fmt(rho['lo'])}, {fmt(rho['hi'])}]" if rho["lo"] is not None else ""
     span = fmt(min(means)) if len(pairs) == 1 else f"{fmt(min(means))} to {fmt(max(means))}"
     text = (f"Attributions of different strategies on the same model agree {strength}: mean Spearman {span} "
-            f"over {plural(len(pairs), 'pair')} (lowest: {strategy(a['strategy'])} vs "
-            f"{strategy(b['strategy'])} on {a['model']}, {fmt(rho['mean'])}{ci})")
+            f"over {plural(len(pairs), 'pair')} (lowest: {strategy(arm_of(a))} vs "
+            f"{strategy(arm_of(b))} on {a['model']}, {fmt(rho['mean'])}{ci})")
     floor = agreement.get("noise_floor")
     if not floor:
         return Finding("agreement", text + "; no repeated seeds, so no noise floor to compare with.",
@@ -165,7 +165,7 @@ def agreement_finding(agreement: dict, runs: dict) -> Finding | None:
     if not below:
         return Finding("agreement", text + f"; none falls below the seed-to-seed floor of {fmt(f_rho)}.",
                        headline=False)
-    named = join([f"{strategy(x['strategy'])} vs {strategy(y['strategy'])} on {x['model']}"
+    named = join([f"{strategy(arm_of(x))} vs {strategy(arm_of(y))} on {x['model']}"
                   for x, y in below[:4]])
     more = f" and {len(below) - 4} more" if len(below) > 4 else ""
     return Finding("agreement", text + f"; {len(below)} of them ({named}{more}) fall below the seed-to-seed "
@@ -194,7 +194,7 @@ def overview(stats: dict) -> str:
     runs = stats["runs"]
     primary = [r for r in _primary(runs) if r["has_metrics"] or r["has_attributions"]]
     models = sorted({r["model"] for r in primary}, key=lambda m: (runs["sizes"].get(m) or 0, m))
-    strategies = sorted({r["strategy"] for r in primary}, key=strategy_key)
+    strategies = sorted({arm_of(r) for r in primary}, key=strategy_key)
     cells = {r["cell"] for r in primary if "cell" in r}
     every = [r for r in runs["runs"]
              if r.get("cell") in cells and (r["has_metrics"] or r["has_attributions"])]

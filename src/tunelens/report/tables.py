@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tunelens import format as formatting
 from tunelens.evaluate import specs
+from tunelens.report.wording import arm_of
 
 # the quality tables, each narrow enough to read without scrolling; metrics no family names go last
 QUALITY_TABLES = tuple((title, specs.of_family(*families)) for title, families in specs.QUALITY_FAMILIES)
@@ -106,7 +107,7 @@ def training(cells: list[dict]) -> list[dict]:
         trainable, total = (t.get(k, {}).get("mean") for k in ("trainable_params", "total_params"))
         share = formatting.share(trainable / total, digits=2) if trainable and total else formatting.DASH
         digits = {"wall_seconds": 1, "tokens_per_second": 0, "peak_rss_mb": 0}
-        out.append({"name": c["cell"], "strategy": c["strategy"], "seeds": seeds_label(c), "share": share,
+        out.append({"name": c["cell"], "strategy": arm_of(c), "seeds": seeds_label(c), "share": share,
                     "trainable": trainable, "total": total,
                     "cells": [seed_cell(t.get(k), digits.get(k, 3)) for k in TRAINING_COLUMNS]})
     return out

@@ -16,7 +16,18 @@ import math
 
 from tunelens.compare.runs import strategy_key
 from tunelens.report.figures import human_count
-from tunelens.report.wording import Finding, capital, fmt, fmt_p, join, metric_label, pct, plural, strategy
+from tunelens.report.wording import (
+    Finding,
+    arm_of,
+    capital,
+    fmt,
+    fmt_p,
+    join,
+    metric_label,
+    pct,
+    plural,
+    strategy,
+)
 
 
 def reliance(shares: dict) -> Finding | None:
@@ -203,7 +214,7 @@ def _slope(x: float, scale: float) -> str:
 
 
 def _who(c: dict, varies: bool) -> str:
-    who = strategy(c["strategy"])
+    who = strategy(arm_of(c))
     if varies:
         who += f" ({c['objective']}{', with retrieval' if c['rag'] else ''})"
     return who

@@ -43,6 +43,12 @@ def fmt(x: float | None, metric: str = "") -> str:
 
 pct = formatting.share
 strategy = strategy_label
+
+
+def arm_of(row: dict) -> str:
+    """The strategy a stats row compares, with its prompt when the study names prompts."""
+    return row.get("arm") or row["strategy"]
+
 metric_label = specs.label
 
 

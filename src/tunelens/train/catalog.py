@@ -15,10 +15,14 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "qlora": ("QLoRA", "4-bit NF4 base + LoRA adapters"),
     "dora": ("DoRA", "weight-decomposed LoRA adapters"),
     "freeze": ("top-layer fine-tuning", "only the top layers, final norm and LM head are trained"),
+    "none": ("prompting only", "nothing is trained: the base model, prompted"),
+    "grpo": ("SFT + GRPO", "a supervised start, then group relative policy optimisation with the "
+             "rule checker as reward (tunelens.train.grpo)"),
 }
 ADAPTER_STRATEGIES = ("lora", "qlora", "dora")
+UNTRAINED = "none"  # the strategy that trains nothing (tunelens.train.prompt_only)
 # The order strategies are listed in tables and figures: most to least trained.
-STRATEGY_ORDER = ("full", "freeze", "lora", "dora", "qlora")
+STRATEGY_ORDER = ("grpo", "full", "freeze", "lora", "dora", "qlora", "none")
 
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "instruct": ("instruction tuning", "prompt -> completion, loss on the completion only"),
@@ -26,6 +30,12 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 
 
+ARM_JOIN = " · "  # a comparison arm: the strategy, then the study's named prompt if any
+
+
 def strategy_label(name: str) -> str:
-    return STRATEGIES[name][0] if name in STRATEGIES else name
+    """What a reader calls a strategy, or an arm ``<strategy> · <prompt>``."""
+    strategy, sep, prompt = name.partition(ARM_JOIN)
+    label = STRATEGIES[strategy][0] if strategy in STRATEGIES else strategy
+    return f"{label}{sep}{prompt}"
 

@@ -39,28 +39,33 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     return [row.model_dump() for row in read_rows(path, ClauseRow, require=("completion",))]
 
 
-def format_rows(rows: list[dict], tokenizer, objective: str, prompt_format: str = "auto") -> list[dict]:
+def format_rows(rows: list[dict], tokenizer, objective: str, prompt_format: str = "auto",
+                instruction: str | None = None) -> list[dict]:
     """Rows in the TRL format of ``objective`` (text only; TRL tokenises). ``prompt_format``
-    (``chat``, ``plain`` or ``auto``) renders instruct prompts; causal rows are always plain."""
+    (``chat``, ``plain`` or ``auto``) renders instruct prompts; causal rows are always plain.
+    ``instruction`` replaces the default one (a study's named prompt)."""
     check_objective(objective)
-    return _FORMAT[objective](rows, tokenizer, tokenizer.eos_token or "", prompt_format)
+    return _FORMAT[objective](rows, tokenizer, tokenizer.eos_token or "", prompt_format, instruction)
 
 
-def _instruct_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str) -> list[dict]:
-    return [{"prompt": trl_prompt(tokenizer, r["prompt"], prompt_format),
+def _instruct_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str,
+                   instruction: str | None) -> list[dict]:
+    return [{"prompt": trl_prompt(tokenizer, r["prompt"], prompt_format, instruction),
              "completion": _with_eos(r["completion"], eos)}
             for r in rows]
 
 
-def _causal_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str) -> list[dict]:
-    return [{"text": _with_eos(render_causal(r["prompt"], r["completion"]), eos)} for r in rows]
+def _causal_rows(rows: list[dict], tokenizer, eos: str, prompt_format: str,
+                 instruction: str | None) -> list[dict]:
+    return [{"text": _with_eos(render_causal(r["prompt"], r["completion"], instruction), eos)}
+            for r in rows]
 
 
 # One implementation per name of tunelens.train.catalog.OBJECTIVES (a test checks they agree).
 _FORMAT = {"instruct": _instruct_rows, "causal": _causal_rows}
 
 
-def trl_prompt(tokenizer, prompt: str, prompt_format: str = "auto") -> str:
+def trl_prompt(tokenizer, prompt: str, prompt_format: str = "auto", instruction: str | None = None) -> str:
     """``render``'s text, as TRL must see it to produce the ids generation feeds the model.
 
     TRL tokenises a text prompt with the tokenizer's special tokens (BOS) added. A chat template
@@ -69,7 +74,7 @@ def trl_prompt(tokenizer, prompt: str, prompt_format: str = "auto") -> str:
     train on a doubled BOS, the template's leading special-token text is dropped when the
     tokenizer adds exactly those tokens itself.
     """
-    text = render(tokenizer, prompt, (), prompt_format)
+    text = render(tokenizer, prompt, (), prompt_format, instruction)
     if not adds_special_tokens(tokenizer, text):
         added = tokenizer("", add_special_tokens=True)["input_ids"]
         lead = tokenizer.decode(added) if added else ""

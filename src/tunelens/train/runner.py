@@ -43,8 +43,11 @@ from tunelens.train.callbacks import (
     RichProgress,
     SessionTokens,
 )
+from tunelens.train.catalog import UNTRAINED
+from tunelens.train.grpo_settings import GRPO
 from tunelens.train.heap import pin_mmap_threshold
 from tunelens.train.objectives import check_objective, format_rows, load_split
+from tunelens.train.prompt_only import write_prompt_only
 from tunelens.train.strategies import StrategySpec, apply_strategy, check_strategy, count_params, load_base
 from tunelens.train.tracking import Tracker
 from tunelens.train.trainer_args import check_optimizer, cpu_lm_head, precision, sft_config
@@ -110,27 +113,42 @@ class Session:
     tokens: SessionTokens
     bar: RichProgress | None
     params: tuple[int, int]
+    measure: object = None  # () -> validation loss, for a trainer whose evaluate() gives none (grpo)
+
+    def val_loss(self) -> float:
+        return self.measure() if self.measure is not None else self.trainer.evaluate()["eval_loss"]
 
 
 def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
           config: TrainConfig | None = None, tracking: TrackingConfig | None = None,
           run_name: str | None = None, *, callbacks: list | None = None,
           progress: bool = False, identity: dict | None = None, dtype: str | None = None,
-          trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
+          trust_remote_code: bool | None = None, prompt_format: str | None = None,
+          instruction: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data_dir/{train,val}.jsonl``; return the run.json written to ``out``.
 
     ``dtype``, ``trust_remote_code`` and ``prompt_format`` are the model's
     (:class:`~tunelens.config.ModelSpec`): the base is loaded and prompted that way, and run.json
     records them (the prompt format resolved) so later stages reload the run the same way; not
     given, they are what ``model``'s own run.json records (a run trained further), else the
-    schema's defaults.
+    schema's defaults. ``instruction`` replaces the default instruction line (a study's named
+    prompt; run.json keeps it). Strategy ``none`` trains nothing: ``out``
+    gets a run.json pointing at the base (:mod:`tunelens.train.prompt_only`).
     ``callbacks`` are extra transformers ``TrainerCallback`` objects; ``progress`` shows a rich bar.
     ``identity`` is the run's :meth:`RunIdentity.to_dict` (the study passes it); without it the
     identity this call knows is recorded. Raises KeyboardInterrupt when interrupted (after
     checkpointing on the first Ctrl-C); rerun to resume.
     """
     out = Path(out)
-    settings = ModelSettings.of(model, dtype, trust_remote_code, prompt_format)
+    settings = ModelSettings.of(model, dtype, trust_remote_code, prompt_format, instruction)
+    if strategy == UNTRAINED:
+        return write_prompt_only(model, Path(data_dir), out, objective, settings, identity)
+    if strategy == GRPO:  # a supervised start, then GRPO (tunelens.train.grpo)
+        from tunelens.train.grpo import train_grpo
+
+        return train_grpo(model, Path(data_dir), out, objective, config or TrainConfig(), tracking,
+                          run_name, callbacks=callbacks, progress=progress, identity=identity,
+                          settings=settings)
     inputs = read_inputs(model, Path(data_dir), strategy, objective, config or TrainConfig(), identity,
                          settings)
     if inputs.config.release_memory:  # memory over time: see tunelens.train.heap
@@ -198,8 +216,9 @@ def build_trainer(inputs: RunInputs, work: Path, callbacks: list | None, progres
     config, spec, settings = inputs.config, inputs.spec, inputs.settings
     base, tokenizer = load_base(inputs.model, spec, settings.dtype, settings.trust_remote_code)
     fmt = settings.record(tokenizer)["prompt_format"]  # 'chat' without a template fails here
-    train_examples = format_rows(inputs.train_rows, tokenizer, inputs.objective, fmt)
-    val_examples = format_rows(inputs.val_rows, tokenizer, inputs.objective, fmt)
+    train_examples = format_rows(inputs.train_rows, tokenizer, inputs.objective, fmt,
+                                 settings.instruction)
+    val_examples = format_rows(inputs.val_rows, tokenizer, inputs.objective, fmt, settings.instruction)
     train_examples = curriculum.order(train_examples, config.curriculum, tokenizer, base,
                                       batch_size=config.batch_size)
     set_seed(config.seed)
@@ -229,7 +248,7 @@ def fit(session: Session, resume: dict, resume_from: str | None, tracker) -> tup
     trainer, work = session.trainer, session.work
     try:
         if "val_loss_before" not in resume:
-            resume["val_loss_before"] = trainer.evaluate()["eval_loss"]
+            resume["val_loss_before"] = session.val_loss()
             write_json(work / RESUME, resume)
         started = time.perf_counter()
         try:
@@ -243,7 +262,7 @@ def fit(session: Session, resume: dict, resume_from: str | None, tracker) -> tup
                 session.bar.close()
         if session.interrupt.interrupted_at is not None:
             raise KeyboardInterrupt(f"interrupted at step {session.interrupt.interrupted_at}")
-        return result, trainer.evaluate()["eval_loss"]
+        return result, session.val_loss()
     except BaseException as exc:
         if tracker is not None:
             tracker.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -253,10 +272,11 @@ def fit(session: Session, resume: dict, resume_from: str | None, tracker) -> tup
 
 
 def finish(session: Session, out: Path, result, resume: dict, val_after: float,
-           resume_from: str | None, tracker) -> dict:
-    """Save weights, tokenizer and run.json (last) into the partial folder, then rename it to ``out``."""
+           resume_from: str | None, tracker, extra: dict | None = None) -> dict:
+    """Save weights, tokenizer and run.json (last) into the partial folder, then rename it to ``out``.
+    ``extra`` keys are laid over run.json's (a strategy's own record)."""
     work = session.work
-    info = _run_info(session, result, resume, val_after, resume_from, tracker)
+    info = {**_run_info(session, result, resume, val_after, resume_from, tracker), **(extra or {})}
     shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     (work / RESUME).unlink(missing_ok=True)
     session.trainer.model.save_pretrained(work)

@@ -182,8 +182,15 @@ def _freeze_all_but_top(model, k: int):
     return model
 
 
+def _policy(model, spec: StrategySpec):
+    """grpo trains what its supervised start trained (tunelens.train.grpo loads it so): an adapter
+    loaded trainable stays as it is, whole weights all train."""
+    return model if hasattr(model, "peft_config") else _train_everything(model, spec)
+
+
 # One implementation per name of tunelens.train.catalog.STRATEGIES (a test checks they agree).
 _APPLY = {
+    "grpo": _policy,
     "full": _train_everything,
     "freeze": _train_top,
     "lora": _lora,

@@ -85,44 +85,77 @@ def sft_config(config: TrainConfig, spec: StrategySpec, objective: str, output_d
     curriculum = config.curriculum != "none"
     packing = (objective == "causal" if config.packing is None else config.packing) and not curriculum
     periodic_eval = has_eval and (config.eval_steps is not None or config.early_stopping_patience)
-    prec = precision(config)
     return SFTConfig(
-        output_dir=str(output_dir),
+        **shared_args(config, output_dir),
         max_steps=config.max_steps,
         learning_rate=learning_rate(config, spec),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs=dict(CHECKPOINTING) if config.gradient_checkpointing else None,
-        optim=OPTIMIZERS[config.optimizer][0],
         max_length=config.max_length,
-        weight_decay=config.weight_decay,
         neftune_noise_alpha=config.neftune_noise_alpha,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        lr_scheduler_type=config.scheduler,
         logging_steps=config.logging_steps,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=(config.eval_steps or config.logging_steps) if periodic_eval else None,
         metric_for_best_model="eval_loss" if periodic_eval else None,
         greater_is_better=False if periodic_eval else None,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=1,
-        seed=config.seed,
-        data_seed=config.seed,
         packing=packing,
         packing_strategy="bfd",
         eval_packing=False,
         completion_only_loss=objective == "instruct",
         dataset_text_field="text",
         train_sampling_strategy="sequential" if curriculum else "random",
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def shared_args(config: TrainConfig, output_dir: Path) -> dict:
+    """The Trainer arguments every strategy's TRL config takes from ``train:`` alike."""
+    prec = precision(config)
+    return dict(
+        output_dir=str(output_dir),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs=dict(CHECKPOINTING) if config.gradient_checkpointing else None,
+        optim=OPTIMIZERS[config.optimizer][0],
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
+        lr_scheduler_type=config.scheduler,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
         bf16=prec == "bfloat16",
         fp16=prec == "float16",
-        include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=False,
+    )
+
+
+def grpo_args(config: TrainConfig, output_dir: Path):
+    """TRL's GRPOConfig for strategy ``grpo`` (``config.grpo``, the rest shared with SFT).
+
+    Every step is logged (the reward curves are per step); a step draws ``prompts_per_step``
+    prompts and samples each ``num_generations`` times; dropout is off, so the policy and the
+    reference score the same tokens alike (TRL's advice with a KL term).
+    """
+    from trl import GRPOConfig
+
+    grpo = config.grpo
+    return GRPOConfig(
+        **shared_args(config, output_dir),
+        max_steps=grpo.steps,
+        learning_rate=grpo.learning_rate,
+        per_device_train_batch_size=grpo.prompts_per_step * grpo.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=grpo.num_generations,
+        max_completion_length=grpo.max_completion_length,
+        temperature=grpo.temperature,
+        beta=grpo.beta,
+        reward_weights=grpo.rewards.as_list(),
+        disable_dropout=True,
+        logging_steps=1,
     )
 
 

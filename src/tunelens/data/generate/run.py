@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tunelens.config import DataConfig
-from tunelens.data.generate import filters
+from tunelens.config import DataConfig, JudgeConfig
+from tunelens.data.generate import filters, judging
 from tunelens.data.generate.backends import Request, make_generator
 from tunelens.data.generate.seeds import read_seeds
 from tunelens.data.generate.templates import PromptTemplate, load_template
@@ -49,6 +49,11 @@ class GenerateSettings:
     near_duplicate_threshold: float = DataConfig().near_duplicate_threshold
     shingle_size: int = DataConfig().shingle_size
     seed: int = 0
+    # the judge filter (tunelens.data.generate.judging): off unless min_judge_score is given
+    min_judge_score: float | None = None
+    judge_model: str | None = None  # with judge_url: the model name the server knows
+    judge_path: str | None = None  # or a local model reference
+    judge_url: str | None = None  # where the judge is served (not fingerprinted)
     # not fingerprinted: they change how fast, not what
     batch_size: int = 8
     max_attempts: int | None = None  # default: 4 x n
@@ -60,7 +65,7 @@ class GenerateSettings:
 
     def fingerprinted(self) -> dict:
         skip = {"n", "batch_size", "max_attempts", "embeddings", "concurrency", "timeout",
-                "retries", "api_key_env"}
+                "retries", "api_key_env", "judge_url"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -151,6 +156,7 @@ def generate_data(input: Path, out: Path, generator: str, settings: GenerateSett
                   url: str | None = None, progress: bool = True) -> dict:
     """Generate until ``settings.n`` rows are kept (or the attempts run out); return the card."""
     input, outputs = Path(input), Outputs(Path(out))
+    judge_config = _judge_config(settings)  # a judge threshold without a judge fails here
     seeds = read_seeds(input)
     templates = [load_template(t) for t in settings.templates]
     compliance = _settings_compliance(settings, templates, seeds)
@@ -160,11 +166,13 @@ def generate_data(input: Path, out: Path, generator: str, settings: GenerateSett
     identity = {"generator": generator, "url": url}
     # the model, not where it is served: a server restarted on another port resumes the same run
     key = fingerprint(settings.fingerprinted(), generator, url is not None, compliance, filters.FILTERS,
-                      [t.identity() for t in templates], files=(input,))
+                      [t.identity() for t in templates], *([judging.TEMPLATE] if judge_config else []),
+                      files=(input,))
     kept, rejects, batches = _resume(outputs, key)
     context = {"input": str(input), "fingerprint": key, "generator": identity,
                "templates": [t.identity() for t in templates], "compliance": compliance,
-               "seeds": len(seeds), "settings": asdict(settings)}
+               "seeds": len(seeds), "settings": asdict(settings),
+               "filters": [*filters.FILTERS, *([judging.FILTER] if judge_config else [])]}
     max_attempts = settings.max_attempts or 4 * settings.n
     if len(kept) >= settings.n or len(kept) + len(rejects) >= max_attempts:
         return _checkpoint(outputs, context, kept, rejects, batches)
@@ -172,6 +180,7 @@ def generate_data(input: Path, out: Path, generator: str, settings: GenerateSett
                              max_tokens=settings.max_tokens, timeout=settings.timeout,
                              retries=settings.retries, concurrency=settings.concurrency,
                              batch_size=settings.batch_size)
+    judge = judging.PairJudge(judge_config, settings.min_judge_score) if judge_config else None
     done = {row["id"] for row in (*kept, *rejects)}
     jobs = (job for job in _jobs(seeds, templates, settings) if job[0] not in done)
     fresh = not outputs.out.exists()
@@ -185,7 +194,7 @@ def generate_data(input: Path, out: Path, generator: str, settings: GenerateSett
                 room = min(settings.batch_size, max_attempts - len(kept) - len(rejects))
                 batch = list(itertools.islice(jobs, room))
                 new_kept, new_rejects, diversity = _run_batch(
-                    backend, batch, kept, settings, compliance, len(batches))
+                    backend, batch, kept, settings, compliance, len(batches), judge)
                 _append(outputs.rejects, new_rejects)
                 _append(outputs.out, new_kept)
                 kept += new_kept
@@ -200,11 +209,33 @@ def generate_data(input: Path, out: Path, generator: str, settings: GenerateSett
         raise
     finally:
         backend.close()
+        if judge is not None:
+            judge.close()
     return _checkpoint(outputs, context, kept, rejects, batches)
 
 
+def _judge_config(settings: GenerateSettings) -> JudgeConfig | None:
+    """The judge of the judge filter, or None when no threshold is set; one line when the
+    threshold has no judge to ask, or a judge is named without a threshold."""
+    named = settings.judge_model or settings.judge_path or settings.judge_url
+    if settings.min_judge_score is None:
+        if named:
+            raise TunelensError("a judge is given but no --min-judge-score to filter with")
+        return None
+    if not 1 <= settings.min_judge_score <= 5:
+        raise TunelensError(f"--min-judge-score must be between 1 and 5, got {settings.min_judge_score:g}")
+    if not named:
+        raise TunelensError("--min-judge-score needs a judge: --judge-url with --judge-model, or "
+                            "--judge-path")
+    try:
+        return JudgeConfig(url=settings.judge_url, model=settings.judge_model, path=settings.judge_path,
+                           template_version=judging.TEMPLATE, timeout_seconds=settings.timeout)
+    except ValueError as exc:
+        raise TunelensError(f"judge: {str(exc).splitlines()[-1].strip()}") from None
+
+
 def _run_batch(backend, batch: list[tuple], kept: list[dict], settings: GenerateSettings,
-               compliance: bool, number: int) -> tuple[list[dict], list[dict], dict]:
+               compliance: bool, number: int, judge=None) -> tuple[list[dict], list[dict], dict]:
     """Generate one batch, filter it; (kept rows, rejects, the batch's diversity entry)."""
     requests = [Request(template.render(seed), temperature, top_p,
                         int(job_id[1:9], 16) ^ settings.seed)
@@ -226,15 +257,22 @@ def _run_batch(backend, batch: list[tuple], kept: list[dict], settings: Generate
     repeats = filters.near_duplicates(kept, [c[0] for c in candidates],
                                       settings.near_duplicate_threshold, settings.shingle_size,
                                       settings.seed)
-    new_kept = []
-    for i, (row, _, _) in enumerate(candidates):
+    new_kept, kept_at = [], []
+    for i, (row, seed, template) in enumerate(candidates):
         if i in repeats:
             new_rejects.append({"id": row["id"], "filter": "near_duplicate",
                                 "reason": f"near-duplicate of {repeats[i]}",
                                 "reply": row["completion"], "provenance": row["provenance"]})
+            continue
+        grades, problem = judge.grade(row) if judge is not None else (None, None)
+        if grades is not None:
+            row["provenance"]["judge"] = grades
+        if problem:
+            new_rejects.append({"id": row["id"], "filter": judging.FILTER, "reason": problem,
+                                "reply": row["completion"], "provenance": row["provenance"]})
         else:
             new_kept.append(row)
-    kept_at = [c for i, c in enumerate(candidates) if i not in repeats]
+            kept_at.append((row, seed, template))
     diversity = {"batch": number, "attempted": len(batch), "kept": len(new_kept),
                  **filters.batch_diversity([filters.generated_text(r, t.output) for r, _, t in kept_at],
                                            [s["clause"] for _, s, _ in kept_at], settings.embeddings)}
@@ -267,7 +305,7 @@ def _checkpoint(outputs: Outputs, context: dict, kept: list[dict], rejects: list
     card = {**context, "out": str(outputs.out), "rejects_file": str(outputs.rejects),
             "rows": {"attempted": len(kept) + len(rejects), "kept": len(kept),
                      "rejected": len(rejects)},
-            "rejected_by_filter": {name: by_filter.get(name, 0) for name in filters.FILTERS},
+            "rejected_by_filter": {name: by_filter.get(name, 0) for name in context["filters"]},
             "kept_by_template": dict(Counter(r["provenance"]["template"]["id"] for r in kept)),
             "batches": batches,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

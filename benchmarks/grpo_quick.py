@@ -1,0 +1,123 @@
+"""Does GRPO beat its supervised start? SFT vs SFT+GRPO on the quick ladder, scored on the val split.
+
+For each seed: an SFT of the quick ladder model that writes rules (``full``, 300 steps: the
+quick study's own 12 LoRA steps write none, so GRPO would have nothing to push on), then strategy
+``grpo`` started from that very run (``train.grpo.init_from``, so both arms share one SFT), then
+greedy generation on ``val.jsonl`` for both (the generate stage's own decoding) and, per arm, the
+mean GRPO reward (the weighted sum, the training weights) and the evaluate stage's rule scores:
+parse rate, field accuracy, execution agreement and accuracy, false positives and negatives.
+
+    nice -n 19 python benchmarks/grpo_quick.py --rung tl-q4 --seeds 0 1 --out /tmp/grpo-quick
+
+Writes ``<out>/results.json``; docs/grpo.md quotes a run of it. Not in the suite: minutes, not
+seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def arm_scores(predictions: Path, weights: list[float]) -> dict:
+    from tunelens.evaluate.rules import score_rule
+    from tunelens.train.rewards import score, total
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    rule = [score_rule(r["prediction"], r["reference"]) for r in rows]
+    scored = [s for s in rule if s is not None]
+    return {
+        "n": len(rows),
+        "mean_reward": statistics.fmean(total(score(r["prediction"], r["reference"]), weights)
+                                        for r in rows),
+        "rule_parse_rate": statistics.fmean(s.parsed for s in scored),
+        "rule_field_accuracy": statistics.fmean(s.field_accuracy for s in scored),
+        "rule_exec_agreement": statistics.fmean(s.exec_agreement for s in scored),
+        "rule_exec_accuracy": statistics.fmean(s.exec_accuracy for s in scored),
+        "rule_false_positive_rate": statistics.fmean(s.false_positive_rate for s in scored),
+        "rule_false_negative_rate": statistics.fmean(s.false_negative_rate for s in scored),
+    }
+
+
+def one_seed(base: str, data: Path, out: Path, seed: int, args) -> dict:
+    from tunelens.config import GenerationConfig, TrackingConfig, TrainConfig
+    from tunelens.infer.generate import generate_predictions
+    from tunelens.train import train
+
+    tracking = TrackingConfig(uri=f"sqlite:///{out / 'mlflow.db'}")
+    sft_cfg = TrainConfig(max_steps=args.sft_steps, batch_size=8, max_length=160, logging_steps=4,
+                          seed=seed, learning_rate=args.sft_lr)
+    asked = {"steps": args.grpo_steps, "beta": args.beta, "num_generations": args.group,
+             "prompts_per_step": args.prompts, "temperature": args.temperature,
+             "learning_rate": args.grpo_lr}  # unset: train.grpo's defaults
+    grpo = {"init_from": str(out / f"sft_s{seed}"), "max_completion_length": args.max_new_tokens,
+            **{k: v for k, v in asked.items() if v is not None}}
+    grpo_cfg = sft_cfg.model_copy(update={"grpo": sft_cfg.grpo.model_validate(grpo)})
+    timing = {}
+    t0 = time.perf_counter()
+    if not (out / f"sft_s{seed}" / "run.json").exists():  # one SFT per seed, whatever GRPO tries
+        train(base, data, out / f"sft_s{seed}", args.sft_strategy, "instruct", sft_cfg, tracking,
+              progress=True)
+    timing["sft_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    info = train(base, data, out / f"grpo_s{seed}", "grpo", "instruct", grpo_cfg, tracking, progress=True)
+    timing["grpo_s"] = time.perf_counter() - t0
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    weights = grpo_cfg.grpo.rewards.as_list()
+    result = {"seed": seed, **timing, "train_rewards": [info["rewards"][0], info["rewards"][-1]]}
+    for arm in ("sft", "grpo"):
+        pred = out / f"{arm}_s{seed}.val.jsonl"
+        generate_predictions(str(out / f"{arm}_s{seed}"), data / "val.jsonl", pred, gen, progress=False)
+        result[arm] = arm_scores(pred, weights)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rung", default="tl-q4", help="quick ladder model (tl-q1 .. tl-q4)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sft-steps", type=int, default=300, help="quick.yaml's 12 write no rule yet")
+    parser.add_argument("--sft-lr", type=float, default=1e-2,
+                        help="train.learning_rate (full trains at a fifth of it)")
+    parser.add_argument("--sft-strategy", default="full", help="LoRA on tl-q4: parse rate 0.03 at 300 steps")
+    parser.add_argument("--grpo-steps", type=int, help="train.grpo.steps")
+    parser.add_argument("--group", type=int, help="train.grpo.num_generations")
+    parser.add_argument("--prompts", type=int, help="train.grpo.prompts_per_step")
+    parser.add_argument("--beta", type=float, help="train.grpo.beta")
+    parser.add_argument("--grpo-lr", type=float, help="train.grpo.learning_rate")
+    parser.add_argument("--temperature", type=float, help="train.grpo.temperature")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="quick.yaml's generation")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    import torch
+
+    from tunelens.config import DataConfig
+    from tunelens.data.build import build_bundled
+    from tunelens.models.zoo import build_zoo
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    zoo = {e["name"]: e["path"] for e in build_zoo("quick", Path.home() / ".cache/tunelens/zoo/quick")}
+    data = args.out / "data"
+    if not (data / "val.jsonl").exists():
+        build_bundled(data, DataConfig())
+    results = [one_seed(str(zoo[args.rung]), data, args.out, s, args) for s in args.seeds]
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "results": results}, indent=1))
+    keys = ("mean_reward", "rule_parse_rate", "rule_field_accuracy", "rule_exec_agreement",
+            "rule_exec_accuracy", "rule_false_positive_rate", "rule_false_negative_rate")
+    names = [k.replace("rule_", "") for k in keys]
+    print("seed   arm " + " ".join(names))
+    for r in results:
+        for arm in ("sft", "grpo"):
+            cells = [f"{r[arm][k]:>{len(name)}.3f}" for k, name in zip(keys, names, strict=True)]
+            print(f"{r['seed']:>4} {arm:>5} " + " ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
