@@ -252,7 +252,7 @@ def test_endpoint_and_template_handling():
     assert chat_endpoint("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_endpoint("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
     assert api_base("http://h:1/v1/chat/completions/") == api_base("http://h:1") == "http://h:1/v1"
-    with pytest.raises(TunelensError, match=r"judge template 'v0' does not exist \(available: v1"):
+    with pytest.raises(TunelensError, match=r"judge template 'v0' does not exist \(available: data-v1, v1"):
         load_template("v0")
     text = load_template("v1").render("C {x}", "R $", "P")
     assert "C {x}" in text and "R $" in text

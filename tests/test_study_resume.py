@@ -118,12 +118,12 @@ def test_stamps_follow_the_content_of_what_each_stage_reads(micro, zoo_root, tmp
 
     # generation settings feed generate, evaluate and explain (target 'both' explains the output)
     ran, changed = _rerun_changes(study_file, out, zoo_root, cell,
-                                  generation={"max_new_tokens": 6})
+                                  generation={"max_new_tokens": 1})  # shorter than any output
     assert changed and ran == [(cell, "generate"), (cell, "evaluate"), (cell, "explain")]
     _run(study_file, out, zoo_root, explanation={"target": "reference"})
     # explaining the reference only, explain reads the references, not the generations
     ran, changed = _rerun_changes(study_file, out, zoo_root, cell,
-                                  generation={"max_new_tokens": 8},
+                                  generation={"max_new_tokens": 1},
                                   explanation={"target": "reference"})
     assert changed and ran == [(cell, "generate"), (cell, "evaluate")]
 
