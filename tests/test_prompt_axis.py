@@ -125,3 +125,17 @@ def test_a_study_compares_two_prompt_formats(micro_model_dir, tmp_path):
     assert arms == {"none · plain", "none · few-shot-2"}
     html = (tmp_path / "s" / "report.html").read_text()
     assert "prompting only · few-shot-2" in html
+
+
+def test_an_untrained_run_of_a_packaged_model_is_known_by_its_short_name(smollm2_dir, tmp_path):
+    """Strategy none on ``smollm2-135m``: the base is a short name, resolved like any training's."""
+    from tunelens.train import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"id": "r0", "prompt": "Ramps shall be 36 in wide.", "completion": "RULE 1: w >= 36 in"}
+    for split in ("train", "val"):
+        (data / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    info = train("smollm2-135m", data, tmp_path / "run", "none", "instruct")
+    assert info["base_model"] == "smollm2-135m" and 1.3e8 < info["total_params"] < 1.4e8
+    assert info["prompt_format"] == "chat"  # an instruct model's template
