@@ -347,4 +347,7 @@ def test_a_judge_threshold_without_a_judge_is_one_line_and_writes_nothing(seeds,
         generate_data(seeds, out, "stub-model", replace(SETTINGS, min_judge_score=4), url="http://x")
     with pytest.raises(TunelensError, match="no --min-judge-score"):
         generate_data(seeds, out, "stub-model", replace(SETTINGS, judge_path="m"), url="http://x")
+    with pytest.raises(TunelensError, match="judge url needs a model name"):
+        generate_data(seeds, out, "stub-model", replace(SETTINGS, min_judge_score=4, judge_url="http://j"),
+                      url="http://x")
     assert list(tmp_path.iterdir()) == [seeds]

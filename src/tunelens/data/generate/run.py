@@ -227,11 +227,10 @@ def _judge_config(settings: GenerateSettings) -> JudgeConfig | None:
     if not named:
         raise TunelensError("--min-judge-score needs a judge: --judge-url with --judge-model, or "
                             "--judge-path")
-    try:
-        return JudgeConfig(url=settings.judge_url, model=settings.judge_model, path=settings.judge_path,
-                           template_version=judging.TEMPLATE, timeout_seconds=settings.timeout)
-    except ValueError as exc:
-        raise TunelensError(f"judge: {str(exc).splitlines()[-1].strip()}") from None
+    from tunelens.evaluate.api import judge_config  # the evaluate verb's: same checks, same words
+
+    return judge_config(JudgeConfig(template_version=judging.TEMPLATE, timeout_seconds=settings.timeout),
+                        settings.judge_url, settings.judge_model, settings.judge_path)
 
 
 def _run_batch(backend, batch: list[tuple], kept: list[dict], settings: GenerateSettings,
