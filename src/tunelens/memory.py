@@ -73,6 +73,7 @@ class Shape:
 
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
+        model.tie_weights()  # tied embeddings are one tensor, as in a loaded model
         head = model.get_output_embeddings()
         linear = [(m.in_features, m.out_features) for m in model.modules()
                   if isinstance(m, torch.nn.Linear) and m is not head]

@@ -26,6 +26,7 @@ def write_prompt_only(model: str, data_dir: Path, out: Path, objective: str, set
     """Write ``out`` (atomically) as an untrained run of ``model``; return its run.json."""
     from transformers import AutoConfig
 
+    from tunelens.memory import Shape
     from tunelens.models import references
     from tunelens.models.loading import load_tokenizer
     from tunelens.train.objectives import check_objective
@@ -36,7 +37,7 @@ def write_prompt_only(model: str, data_dir: Path, out: Path, objective: str, set
     tokenizer = load_tokenizer(base, settings.trust_remote_code)
     folder = references.resolve(base) or base  # a .gguf file or short name: its converted folder
     config = AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code)
-    total = _parameters(config)
+    total = Shape.of(config).params
     who = identity or RunIdentity(Path(base).name if local else base, "none", objective).to_dict()
     info = {
         "identity": who, "strategy": "none", "objective": objective, "base_model": base,
@@ -51,14 +52,3 @@ def write_prompt_only(model: str, data_dir: Path, out: Path, objective: str, set
         write_json(tmp / "run.json", info)
     return info
 
-
-def _parameters(config) -> int:
-    """The model's parameter count, built on the meta device (no weights read), tied embeddings
-    counted once as the loaded model counts them."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    model.tie_weights()
-    return sum(p.numel() for p in model.parameters())
