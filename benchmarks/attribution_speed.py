@@ -170,6 +170,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _shapes import SHAPES as FRESH  # noqa: E402 - benchmarks/ is the script's folder
+from _shapes import fresh_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -250,7 +252,7 @@ def run_captum(model, tok, prompts, targets, in_tokens=False, cached=True, basel
     for prompt, target in zip(prompts, targets, strict=True):
         inp = TextTokenInput(prompt, tok, baselines=baseline, skip_tokens=skip)
         res = llm.attribute(inp, target=target, forward_in_tokens=in_tokens, use_cached_outputs=cached)
-        out.append(res.seq_attr.numpy())
+        out.append(res.seq_attr.detach().cpu().numpy())
     return out
 
 
@@ -317,10 +319,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="only tunelens and Captum by-seq (the slow rows take minutes)")
     parser.add_argument("--profile", action="store_true", help="profile the tunelens run")
-    parser.add_argument("--shape", choices=[*SHAPES, "both", "smollm2"], default="both",
+    parser.add_argument("--shape", choices=[*SHAPES, "both", "smollm2", *FRESH], default="both",
                         help="model shape: 'ladder' (hidden 256, vocab 2048), 'hub-like' (hidden 128, "
-                        "vocab 16384: the proportions of small hub models), both (one table each) "
-                        "or smollm2 (SmolLM2-135M-Instruct, against the exact-work floor)")
+                        "vocab 16384: the proportions of small hub models), both (one table each), "
+                        "smollm2 (SmolLM2-135M-Instruct, against the exact-work floor) or a real "
+                        "model's shape with fresh weights (benchmarks/_shapes.py)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where every tool runs (default: cuda if there is one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -337,14 +342,22 @@ def main() -> None:
 
 
 def bench_shape(shape: str, args, console: Console) -> None:
-    model, tok, rows = build_model(shape)
+    if shape in FRESH:
+        from tunelens.data.compliance.dataset import bundled_rows
+
+        model, tok = fresh_model(shape)
+        rows = bundled_rows(seed=0)
+    else:
+        model, tok, rows = build_model(shape)
+    model = model.to(args.device)
     prompts, targets = pick_examples(rows, tok)
     n_params = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
     lp = [len(tok(p)["input_ids"]) for p in prompts]
     lt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
-    hidden, layers, heads, vocab = SHAPES[shape]
-    console.print(f"[bold]{shape}[/]: hidden {hidden}, {layers} layers, vocab {vocab}; "
+    cfg = model.config
+    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    console.print(f"[bold]{shape}[/] on {args.device}: hidden {hidden}, {layers} layers, vocab {vocab}; "
                   f"{n_params / 1e6:.2f}M parameters ({2 * head / n_params:.0%} embeddings + head); "
                   f"{len(prompts)} prompts of {min(lp)}-{max(lp)} tokens, targets of {min(lt)}-{max(lt)} "
                   f"tokens; {torch.get_num_threads()} torch thread(s)")

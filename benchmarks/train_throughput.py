@@ -61,6 +61,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _shapes import SHAPES, fresh_checkpoint  # noqa: E402 - benchmarks/ is the script's folder
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -161,8 +163,9 @@ def one(run: str, model: str, data: Path, steps: int, work: Path, demo: bool = F
     info = train(model, data, work / strategy, strategy, "instruct", config, TrackingConfig(enabled=False))
     return {"trainable": info["trainable_params"], "total": info["total_params"],
             "steps": info["global_step"], "tokens_per_second": info["tokens_per_second"],
-            "peak_rss_mb": info["peak_rss_mb"], "wall_seconds": info["wall_seconds"],
-            "run_seconds": time.perf_counter() - started, "val_loss": info["val_loss_after"]}
+            "peak_rss_mb": info["peak_rss_mb"], "peak_gpu_mb": info.get("peak_gpu_mb"),
+            "wall_seconds": info["wall_seconds"], "run_seconds": time.perf_counter() - started,
+            "val_loss": info["val_loss_after"], "precision": info.get("precision")}
 
 
 def one_trl(run: str, model: str, data: Path, steps: int, work: Path) -> dict:
@@ -206,8 +209,9 @@ def one_trl(run: str, model: str, data: Path, steps: int, work: Path) -> dict:
     return {"trainable": sum(p.numel() for p in params if p.requires_grad),
             "total": sum(p.numel() for p in params), "steps": trainer.state.global_step,
             "tokens_per_second": trainer.state.num_input_tokens_seen / result.metrics["train_runtime"],
-            "peak_rss_mb": peak.peak_rss_mb, "wall_seconds": wall,
-            "run_seconds": time.perf_counter() - started, "val_loss": None}
+            "peak_rss_mb": peak.peak_rss_mb, "peak_gpu_mb": peak.peak_gpu_mb, "wall_seconds": wall,
+            "run_seconds": time.perf_counter() - started, "val_loss": None,
+            "precision": "bfloat16" if trainer.args.bf16 else "float32"}
 
 
 def measure(runs: tuple[str, ...], model: str, data: Path, work: Path, args) -> dict[str, list[dict]]:
@@ -248,22 +252,24 @@ def print_table(results: dict[str, dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("run", "trainable / total params", "steps", "tokens/s", "peak RSS MB", "train s",
-                "run s", "val loss", "after / before", "peak after / before", "tokens/s vs TRL",
-                "run s vs TRL", "peak vs TRL"):
+    gpu = any(r.get("peak_gpu_mb") for r in results.values())  # peaks on the GPU where training ran
+    peak = "peak_gpu_mb" if gpu else "peak_rss_mb"
+    for col in ("run", "trainable / total params", "precision", "steps", "tokens/s",
+                "peak GPU MB" if gpu else "peak RSS MB", "train s", "run s", "val loss",
+                "after / before", "peak after / before", "tokens/s vs TRL", "run s vs TRL", "peak vs TRL"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for run, r in results.items():
         before = next((results[run + b] for b in BEFORE if run + b in results), None)
         peer = results.get(peer_of(run), {})
-        table.add_row(run, f"{r['trainable']:,} / {r['total']:,}", str(r["steps"]),
-                      f"{r['tokens_per_second']:,.0f}", f"{r['peak_rss_mb']:,.0f}",
+        table.add_row(run, f"{r['trainable']:,} / {r['total']:,}", str(r.get("precision", "-")),
+                      str(r["steps"]), f"{r['tokens_per_second']:,.0f}", f"{r[peak] or 0:,.0f}",
                       f"{r['wall_seconds']:.1f}", f"{r['run_seconds']:.1f}",
                       "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}",
                       ratio(before and before["run_seconds"], r["run_seconds"]),
-                      ratio(r["peak_rss_mb"], before and before["peak_rss_mb"]),
+                      ratio(r[peak], before and before[peak]),
                       ratio(r["tokens_per_second"], peer.get("tokens_per_second")),
                       ratio(r["run_seconds"], peer.get("run_seconds")),
-                      ratio(r["peak_rss_mb"], peer.get("peak_rss_mb")))
+                      ratio(r[peak], peer.get(peak)))
     Console(width=max(Console().width, 200)).print(table)
     print("after / before: how many times faster a whole run (load, train, validation, save) got; "
           "run s vs TRL: below 1x is faster than plain TRL; peak: below 1x is less memory; "
@@ -288,6 +294,9 @@ def main() -> None:
     parser.add_argument("--smollm2", action="store_true",
                         help="smollm2-135m LoRA at 8 x 256, with and without gradient checkpointing, "
                              "beside plain TRL on the same settings, and the small-tile fix undone")
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="a real model's shape with fresh weights (benchmarks/_shapes.py), for a "
+                             "machine its checkpoint cannot reach")
     parser.add_argument("--repeat", type=int, default=1, help="repeats per run; medians are shown")
     parser.add_argument("--runs", help="comma-separated subset of: " + ", ".join(RUNS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -313,9 +322,12 @@ def main() -> None:
             data = smollm2_data(work / "data")
         else:
             data = demo_data(work / "data") if args.demo else write_data(work / "data")
+        if args.shape:
+            args.model = fresh_checkpoint(args.shape, work / args.shape)
         model = args.model or base_model(work, "demo" if args.demo else "quick")
         results = medians(measure(runs, model, data, work, args))
-    name = "smollm2-135m" if args.smollm2 else Path(model).name
+    name = ("smollm2-135m" if args.smollm2 else f"{args.shape} (fresh weights)" if args.shape
+            else Path(model).name)
     print_table(results, f"training throughput: {name}, {args.steps} steps, torch threads "
                          f"{args.threads or 'default'}, median of {args.repeat}")
 
