@@ -109,6 +109,7 @@ def main() -> None:
                 rows.append(check(strategy, model, data, work, args.steps))
             except Exception as exc:  # noqa: BLE001 - one strategy's failure is a row, not the end
                 rows.append({"strategy": strategy, "precision": f"FAILED: {str(exc)[-300:]}"})
+            print(json.dumps(rows[-1]), flush=True)  # each row as it comes: a long run is read early
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     table = Table(title=f"CUDA paths on {name}: {Path(model).name}, {args.steps} steps each")
     columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -230,6 +230,7 @@ def measure(runs: tuple[str, ...], model: str, data: Path, work: Path, args) -> 
                 print(f"{run} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                 continue
             results.setdefault(run, []).append(json.loads(line[len("RESULT "):]))
+            print(run, line[len("RESULT "):], file=sys.stderr, flush=True)  # each run as it ends
     return results
 
 
