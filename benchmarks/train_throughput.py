@@ -45,6 +45,20 @@ pin); the pin costs page faults, so that run's tokens/s dropped 1.55x, which is 
 choice of its own (``train.release_memory``): checkpointing alone stays under 3 GB (the ``before
 fix`` row). Without checkpointing the peak is the saved activations (~4.5 GB at
 8 x 256 by :mod:`tunelens.memory`; the bundled rows are shorter).
+
+``--shape smollm2-135m`` trains SmolLM2-135M's shape with fresh weights (``benchmarks/_shapes.py``)
+where the checkpoint cannot travel. On one NVIDIA H200 (torch 2.11 + CUDA 13, bitsandbytes 0.50),
+20 steps of batch 8 of the short generated rows (about 250 tokens a step), one run each:
+
+    run              precision   tokens/s   peak GPU MB   train s   run s   vs TRL lora: tokens/s, run s, peak
+    tunelens qlora   bfloat16       1,173           808       7.2    12.5
+    tunelens lora    bfloat16       1,694         1,278       5.1    10.0   1.30x, 1.26x, 0.98x
+    TRL lora         float32        1,301         1,302       6.6     7.9
+
+At 250 tokens a step the GPU waits on Python and kernel launches (4 steps/s), so these rows
+compare overheads, not arithmetic; tunelens' whole run is longer by its validation before and
+after training and its save. The ``TRL lora`` row keeps the float32 given to it for the CPU
+comparison, so its tokens/s is not precision-matched. QLoRA needs 0.63x LoRA's GPU memory.
 """
 
 from __future__ import annotations
