@@ -6,17 +6,21 @@ quick study's own 12 LoRA steps write none, so GRPO would have nothing to push o
 greedy generation on ``val.jsonl`` for both (the generate stage's own decoding) and, per arm, the
 mean GRPO reward (the weighted sum, the training weights) and the evaluate stage's rule scores:
 parse rate, field accuracy, execution agreement and accuracy, false positives and negatives.
+Then each arm's mean ± sd over the seeds, the paired GRPO − SFT difference, on how many seeds
+GRPO was better, and two tests over every seed × row pair: Wilcoxon signed-rank on the reward,
+exact McNemar on ``rule_exec_accuracy`` (rows only one arm gets entirely right).
 
-    nice -n 19 python benchmarks/grpo_quick.py --rung tl-q4 --seeds 0 1 --out /tmp/grpo-quick
+    nice -n 10 python benchmarks/grpo_quick.py --rung tl-q4 --seeds 0 1 2 --out /tmp/grpo-quick
 
 Writes ``<out>/results.json``; docs/grpo.md quotes a run of it. Not in the suite: minutes, not
-seconds.
+seconds (about 2.5 minutes a seed on a free core).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -54,7 +58,7 @@ def one_seed(base: str, data: Path, out: Path, seed: int, args) -> dict:
              "prompts_per_step": args.prompts, "temperature": args.temperature,
              "learning_rate": args.grpo_lr}  # unset: train.grpo's defaults
     grpo = {"init_from": str(out / f"sft_s{seed}"), "max_completion_length": args.max_new_tokens,
-            **{k: v for k, v in asked.items() if v is not None}}
+            **{k: v for k, v in asked.items() if v is not None}, "rewards": reward_weights(args)}
     grpo_cfg = sft_cfg.model_copy(update={"grpo": sft_cfg.grpo.model_validate(grpo)})
     timing = {}
     t0 = time.perf_counter()
@@ -65,6 +69,7 @@ def one_seed(base: str, data: Path, out: Path, seed: int, args) -> dict:
     t0 = time.perf_counter()
     info = train(base, data, out / f"grpo_s{seed}", "grpo", "instruct", grpo_cfg, tracking, progress=True)
     timing["grpo_s"] = time.perf_counter() - t0
+    timing["load_average"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
     weights = grpo_cfg.grpo.rewards.as_list()
     result = {"seed": seed, **timing, "train_rewards": [info["rewards"][0], info["rewards"][-1]]}
@@ -89,6 +94,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, help="train.grpo.beta")
     parser.add_argument("--grpo-lr", type=float, help="train.grpo.learning_rate")
     parser.add_argument("--temperature", type=float, help="train.grpo.temperature")
+    parser.add_argument("--exact", type=float,
+                        help="train.grpo.rewards.exact: the all-designs-agree term's weight")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="quick.yaml's generation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -109,14 +116,72 @@ def main() -> None:
     results = [one_seed(str(zoo[args.rung]), data, args.out, s, args) for s in args.seeds]
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "results": results}, indent=1))
-    keys = ("mean_reward", "rule_parse_rate", "rule_field_accuracy", "rule_exec_agreement",
-            "rule_exec_accuracy", "rule_false_positive_rate", "rule_false_negative_rate")
-    names = [k.replace("rule_", "") for k in keys]
-    print("seed   arm " + " ".join(names))
+    print_table(results)
+    print_pooled(args.out, [r["seed"] for r in results], reward_weights(args).as_list())
+
+
+KEYS = ("mean_reward", "rule_parse_rate", "rule_field_accuracy", "rule_exec_agreement",
+        "rule_exec_accuracy", "rule_false_positive_rate", "rule_false_negative_rate")
+
+
+def print_table(results: list[dict]) -> None:
+    """Per seed both arms; then each arm's mean ± standard deviation over the seeds, the paired
+    difference (GRPO − SFT, seed by seed) likewise, and on how many seeds GRPO was better."""
+    from tunelens.evaluate import specs
+
+    names = [k.replace("rule_", "") for k in KEYS]
+    print("seed   arm " + " ".join(names) + "  (GRPO s / SFT s, load average)")
     for r in results:
         for arm in ("sft", "grpo"):
-            cells = [f"{r[arm][k]:>{len(name)}.3f}" for k, name in zip(keys, names, strict=True)]
-            print(f"{r['seed']:>4} {arm:>5} " + " ".join(cells))
+            cells = [f"{r[arm][k]:>{len(name)}.3f}" for k, name in zip(KEYS, names, strict=True)]
+            tail = (f"  ({r['grpo_s'] / r['sft_s']:.2f}, {r['load_average']:.2f})"
+                    if arm == "grpo" and r.get("sft_s") and "load_average" in r else "")
+            print(f"{r['seed']:>4} {arm:>5} " + " ".join(cells) + tail)
+    spread = statistics.stdev if len(results) > 1 else (lambda _: 0.0)
+    rows = {arm: [[r[arm][k] for r in results] for k in KEYS] for arm in ("sft", "grpo")}
+    rows["grpo - sft"] = [[g - s for g, s in zip(gv, sv, strict=True)]
+                          for gv, sv in zip(rows["grpo"], rows["sft"], strict=True)]
+    for label, columns in rows.items():
+        cells = [f"{statistics.fmean(v):.3f}±{spread(v):.3f}" for v in columns]
+        print(f"mean {label}: " + " ".join(f"{n}={c}" for n, c in zip(names, cells, strict=True)))
+    sign = [-1 if specs.lower_is_better(k) else 1 for k in KEYS]  # false positives: lower is better
+    better = [sum(d * w > 0 for d in diffs) for diffs, w in zip(rows["grpo - sft"], sign, strict=True)]
+    print("seeds where GRPO is better: " + " ".join(
+        f"{n}={h}/{len(results)}" for n, h in zip(names, better, strict=True)))
+
+
+def reward_weights(args):
+    """train.grpo.rewards' defaults, with ``--exact`` when given (both arms are scored with these)."""
+    from tunelens.train.grpo_settings import RewardWeights
+
+    return RewardWeights(**({} if args.exact is None else {"exact": args.exact}))
+
+
+def print_pooled(out: Path, seeds: list[int], weights: list[float]) -> None:
+    """Paired tests over every seed × validation row: is GRPO's gain more than row-level noise?"""
+    from scipy.stats import binomtest, wilcoxon
+
+    from tunelens.evaluate.rules import score_rule
+    from tunelens.train.rewards import score, total
+
+    diffs, only = [], {"sft": 0, "grpo": 0}
+    for seed in seeds:
+        rows = {arm: [json.loads(line) for line in (out / f"{arm}_s{seed}.val.jsonl").read_text()
+                      .splitlines()] for arm in ("sft", "grpo")}
+        for a, b in zip(rows["sft"], rows["grpo"], strict=True):
+            right = {arm: score_rule(r["prediction"], r["reference"]).exec_accuracy
+                     for arm, r in (("sft", a), ("grpo", b))}
+            only["sft"] += right["sft"] > right["grpo"]
+            only["grpo"] += right["grpo"] > right["sft"]
+            diffs.append(total(score(b["prediction"], b["reference"]), weights)
+                         - total(score(a["prediction"], a["reference"]), weights))
+    moved = [d for d in diffs if d != 0]
+    p_reward = wilcoxon(moved).pvalue if moved else 1.0
+    n = only["sft"] + only["grpo"]
+    p_exec = binomtest(only["grpo"], n, 0.5).pvalue if n else 1.0
+    print(f"pooled over {len(diffs)} seed x row pairs: reward GRPO - SFT {statistics.fmean(diffs):+.3f} "
+          f"(Wilcoxon p={p_reward:.2g}); rule_exec_accuracy right only with GRPO {only['grpo']}, "
+          f"only with SFT {only['sft']} (exact McNemar p={p_exec:.3f})")
 
 
 if __name__ == "__main__":

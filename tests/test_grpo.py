@@ -28,7 +28,9 @@ COMPLETIONS = [
 ]
 TINY = dict(max_steps=3, learning_rate=1e-2, batch_size=4, logging_steps=1, warmup_ratio=0.0,
             max_length=128)
-TINY_GRPO = dict(steps=2, num_generations=2, prompts_per_step=2, max_completion_length=12)
+# qlora: the SFT stage trains an adapter on a 4-bit base, which GRPO then trains further
+TINY_GRPO = dict(steps=2, num_generations=2, prompts_per_step=2, max_completion_length=12,
+                 sft_strategy="qlora")
 
 
 def test_rewards_are_the_evaluate_stages_rule_scores():
@@ -55,14 +57,21 @@ def test_length_penalty_and_trl_signature():
     assert rewards.total(rewards.score(REF, REF), weights) == pytest.approx(1.75)
 
 
-@pytest.mark.parametrize(("grpo", "says"), [
-    ({"num_generations": 1}, "train.grpo.num_generations': Value error, a group of 1"),
-    ({"sft_steps": 0}, "strategy grpo needs a supervised start"),
+@pytest.mark.parametrize(("study", "says"), [
+    ({"train": {"grpo": {"num_generations": 1}}}, "train.grpo.num_generations': Value error, a group of 1"),
+    ({"train": {"grpo": {"sft_steps": 0}}}, "strategy grpo needs a supervised start"),
+    ({"train": {"grpo": {"sft_steps": 5, "init_from": "run"}}}, "set one of the two"),
+    ({"objectives": ["instruct", "causal"]}, "strategy grpo samples completions for prompts"),
+    ({"models": [{"name": "m", "path": "m"}], "extra_cells": [{"model": "m", "objective": "causal"}],
+      "strategies": ["grpo", "lora"]}, "it needs objective 'instruct', not 'causal'"),
 ])
-def test_bad_grpo_configs_are_one_line(grpo, says):
+def test_bad_grpo_configs_are_one_line(study, says):
     with pytest.raises(TunelensError) as err:
-        parse_study({"strategies": ["lora", "grpo"], "train": {"grpo": grpo}})
+        parse_study({"strategies": ["lora", "grpo"], **study})
     assert says in str(err.value) and "\n" not in str(err.value)
+    ok = {**study, "extra_cells": [{"model": "m", "strategy": "lora", "objective": "causal"}]}
+    if "extra_cells" in study:  # the same causal cell of another strategy is fine
+        parse_study({"strategies": ["grpo", "lora"], **ok})
 
 
 def test_grpo_refusals_before_any_model_is_loaded(tmp_path):
@@ -74,6 +83,13 @@ def test_grpo_refusals_before_any_model_is_loaded(tmp_path):
     missing = TrainConfig(grpo={"init_from": str(tmp_path / "nothing")})
     with pytest.raises(TunelensError, match=r"init_from: .*nothing: not a finished training run"):
         train("no-such-model", data, tmp_path / "b", "grpo", "instruct", missing)
+    other = tmp_path / "other-run"  # a start trained from another model than the run's
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"strategy": "lora", "base_model": "another-model"}))
+    with pytest.raises(TunelensError, match="was trained from another-model, not from this run's "
+                                            "model no-such-model"):
+        train("no-such-model", data, tmp_path / "c", "grpo", "instruct",
+              TrainConfig(grpo={"init_from": str(other)}))
 
 
 class CtrlC(TrainerCallback):
@@ -101,6 +117,8 @@ class FakeTracker:
 
 
 def test_tiny_grpo_run_logs_rewards_resumes_and_loads(micro_model_dir, tmp_path):
+    from safetensors import safe_open
+
     from tunelens.models.loading import load_for_inference
     from tunelens.train import train
     from tunelens.train.grpo import _finished, log_rewards, supervised_start
@@ -122,10 +140,15 @@ def test_tiny_grpo_run_logs_rewards_resumes_and_loads(micro_model_dir, tmp_path)
         weighted = sum(w * row[n] for n, w in zip(rewards.REWARDS, [0.25, 0.5, 1.0, 0.25], strict=True))
         assert row["reward"] == pytest.approx(weighted, abs=1e-5)  # TRL's sum of our four
     assert info["strategy"] == "grpo" and info["adapter"] is True
-    assert info["grpo"]["start"] == "sft" and info["grpo"]["start_strategy"] == "lora"
+    assert info["grpo"]["start"] == "sft" and info["grpo"]["start_strategy"] == "qlora"
+    # TRL casts a QLoRA adapter to bfloat16 but not its frozen KL copy; ours keeps both in the
+    # base's compute dtype (float32), so no step moves the policy away from an equal reference
+    saved = safe_open(out / "adapter_model.safetensors", "pt")
+    assert {saved.get_slice(k).get_dtype() for k in saved.keys()} == {"F32"}
     sft = json.loads((out / "sft" / "run.json").read_text())
     assert sft["created"] == sft_created  # the SFT stage was not trained again on resuming
     assert info["train_loss"] == sft["train_loss"] and len(sft["train_loss"]) == 3
+    assert info["quantization"] == sft["quantization"] and info["quantization"]["bits"] == 4
     assert info["val_loss_before"] == sft["val_loss_before"]
     assert not (out / "ref").exists() and not partial_dir(out).exists()
 
@@ -142,10 +165,10 @@ def test_tiny_grpo_run_logs_rewards_resumes_and_loads(micro_model_dir, tmp_path)
     inputs = read_inputs(str(micro_model_dir), data, "grpo", "instruct", changed, None)
     start = supervised_start(inputs, out, progress=False)
     assert start.inside and start.info["created"] == sft_created
-    sft_key = read_inputs(str(micro_model_dir), data, "lora", "instruct",
+    sft_key = read_inputs(str(micro_model_dir), data, "qlora", "instruct",
                           TrainConfig(**TINY), None).fingerprint()
     assert _finished(out / "sft", sft_key)  # the key the reuse checks ...
-    assert not _finished(out / "sft", read_inputs(str(micro_model_dir), data, "lora", "instruct",
+    assert not _finished(out / "sft", read_inputs(str(micro_model_dir), data, "qlora", "instruct",
                                                   TrainConfig(**{**TINY, "max_steps": 2}),
                                                   None).fingerprint())  # ... an SFT setting changes
 

@@ -17,12 +17,7 @@ from tunelens.evaluate import specs
 from tunelens.evaluate.api import score
 from tunelens.evaluate.bertscore import bertscore, metric_names, model_key
 from tunelens.evaluate.rules import score_rule, verdict_errors
-from tunelens.evaluate.structure import (
-    rule_similarity,
-    rule_tokens,
-    rule_tree_edit_distance,
-    token_levenshtein,
-)
+from tunelens.evaluate.structure import rule_tokens, rule_tree_edit_distance, token_levenshtein
 
 REF = "RULE 1010.1.1: door.clear_width >= 815 mm IF door.accessible = true"
 PRED = "RULE 1010.1.1: door.clear_width <= 900 mm"
@@ -45,7 +40,6 @@ def test_tree_edit_distance_equals_zss_on_the_documented_trees():
     expected = zss.simple_distance(pred, ref, label_dist=lambda a, b: int(a != b))
     assert expected > 0
     assert rule_tree_edit_distance(PRED, REF) == pytest.approx(expected / max(_size(pred), _size(ref)))
-    assert rule_similarity(PRED, REF) == pytest.approx(1 - rule_tree_edit_distance(PRED, REF))
 
 
 def test_perfect_unparseable_and_non_rule_tree_distances():
@@ -55,7 +49,6 @@ def test_perfect_unparseable_and_non_rule_tree_distances():
                                    "IF door.accessible = true", REF) == 0.0
     for broken in ("", "door.clear_width >= 815 mm", "RULE 1: door.clear_width >= 815 furlongs"):
         assert rule_tree_edit_distance(broken, REF) == 1.0  # the whole reference tree inserted
-        assert rule_similarity(broken, REF) == 0.0
     assert rule_tree_edit_distance(REF, "prose, not a rule") is None
     # parsed but entirely different: clipped so no rule is worse than none
     other = "RULE x: stair.a BETWEEN 1 m AND 2 m AND b.c = d UNLESS e.f = g AND h.i = j"
@@ -162,14 +155,32 @@ def test_new_metrics_in_metrics_json_with_intervals_and_directions(evaluated):
     assert evaluated["per_example"][2]["rule_tree_edit_distance"] == 1.0  # empty: unparseable
 
 
-def test_reward_functions_load_no_torch():
-    """GRPO rewards call these per sample: they must stay cheap to import (no torch, no bert-score)."""
-    import subprocess
-    import sys
+def test_evaluate_cli_bertscore_model_defaults_from_the_study_and_reaches_bert_score(
+        tmp_path, monkeypatch, capsys):
+    import json
 
-    code = ("import sys; from tunelens.evaluate.structure import rule_similarity, token_levenshtein; "
-            "from tunelens.evaluate.rules import score_rule; "
-            f"r = {REF!r}; rule_similarity(r, r); token_levenshtein(r, r); score_rule(r, r); "
-            "print(sorted(m for m in ('torch', 'bert_score', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    from tunelens.cli import main
+
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"id": "1", "reference": REF, "prediction": PRED}) + "\n")
+    study = tmp_path / "study.yaml"
+    study.write_text("evaluation:\n  bertscore_model: from/the-study\n")
+    seen = []
+
+    def asked(predictions, out, config):  # what the verb hands the evaluate stage
+        seen.append(config.bertscore_model)
+        return {"aggregate": {}, "intervals": {}, "info": {"examples": 1}}
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tunelens.evaluate.evaluate", asked)
+        base = ["evaluate", "--predictions", str(predictions), "--out", str(tmp_path / "m.json")]
+        for extra in ([], ["--config", str(study)], ["--config", str(study), "--bertscore-model", "x/y"]):
+            assert main([*base, *extra]) == 0
+    assert seen == [None, "from/the-study", "x/y"]
+    # the real stage: a folder that holds no model is one line, exit 2, and no metrics file
+    out = tmp_path / "real.json"
+    code = main(["evaluate", "--predictions", str(predictions), "--out", str(out),
+                 "--bootstrap-samples", "10", "--bertscore-model", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot load the BERTScore model" in err and "\n" not in err
+    assert not out.exists()

@@ -26,7 +26,7 @@ from tunelens.errors import TunelensError
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.io import printable, read_text
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
-from tunelens.train.grpo_settings import GrpoConfig
+from tunelens.train.grpo_settings import GRPO, GrpoConfig
 from tunelens.tune.space import TuneConfig
 
 # The allowed values come from the registries that implement them (one list each, see catalog.py).
@@ -458,6 +458,19 @@ class Study(Section):
             if extra["model"] not in names:
                 raise ValueError(f"extra_cells.{i}.model: unknown model '{extra['model']}' "
                                  f"(models: {', '.join(names) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_on_prompts(self) -> Study:
+        """Strategy grpo samples completions for prompts: a causal cell of it could only fail
+        once the study is under way (tunelens.train.grpo), so it is refused here."""
+        cells = [(s, o) for s in self.strategies for o in self.objectives]
+        cells += [(e.get("strategy", self.strategies[0]), e.get("objective", self.objectives[0]))
+                  for e in self.extra_cells]
+        if (GRPO, "causal") in cells:
+            raise ValueError("strategy grpo samples completions for prompts: it needs objective "
+                             "'instruct', not 'causal' (run causal cells of other strategies as "
+                             "extra_cells)")
         return self
 
 

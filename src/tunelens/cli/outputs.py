@@ -136,16 +136,22 @@ def evaluate_cmd(
     bootstrap_samples: int = typer.Option(None, "--bootstrap-samples", help="Resamples for the "
                                           "intervals " + default_of(EvaluationConfig,
                                                                     "bootstrap_samples") + "."),
+    bertscore_model: str = typer.Option(None, "--bertscore-model", help="BERTScore encoder: a "
+                                        "Hugging Face id or folder, named in the metric keys "
+                                        "(bertscore_<model>_f1); default: evaluation."
+                                        "bertscore_model of the config, else the bundled "
+                                        "all-MiniLM-L6-v2 (offline)."),
     seed: int = opt.seed_option("the resampling", EvaluationConfig),
     threads: int = opt.threads_option(),
 ) -> None:
-    """Score predictions: BLEU, chrF, ROUGE, n-gram Jaccard, semantic similarity, exact match,
-    rule-level parse/field/execution accuracy, diversity of samples and (optionally) an LLM judge,
-    each with a bootstrap 95% interval."""
+    """Score predictions: BLEU, chrF, ROUGE, n-gram Jaccard, semantic similarity, BERTScore,
+    exact match, token Levenshtein, rule-level parse/field/execution accuracy, tree edit distance
+    and the checker's false positives/negatives, diversity of samples and (optionally) an LLM
+    judge, each with a bootstrap 95% interval."""
     opt.existing(predictions)
     check_writable(out, "file")
     cfg = override(opt.section(config, "evaluation"), origin="evaluate",
-                   bootstrap_samples=bootstrap_samples, seed=seed)
+                   bootstrap_samples=bootstrap_samples, bertscore_model=bertscore_model, seed=seed)
     from tunelens.evaluate import evaluate, judge_config
 
     cfg.judge = judge_config(cfg.judge, judge_url, judge_model, judge_path)

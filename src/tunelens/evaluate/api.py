@@ -59,6 +59,7 @@ def evaluate(predictions: Path, out: Path, config: EvaluationConfig | None = Non
         raise TunelensError(f"{out}: is a folder, expected a file path for the metrics")
     use_judge = judging.enabled(config.judge)
     rows = load_predictions(predictions, need_prompt=use_judge)
+    bertscore_settings(config.bertscore_model)  # a bad BERTScore model fails before paid judge calls
     judgements, judge_info = (_judge(rows, config.judge, progress) if use_judge else (None, None))
     result = score(rows, config, judgements)
     result["info"]["predictions"] = str(predictions)

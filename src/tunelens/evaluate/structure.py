@@ -28,8 +28,6 @@ rule language's lexical units (the terminals of ``grammar.lark``: numbers and ra
 comparators, punctuation, quoted strings), read by one regular expression rather than the lark
 lexer because model output is often not in the language at all and must still be tokenised.
 It applies to any text, so every example gets it.
-
-:func:`rule_similarity` (1 − tree distance) is the same comparison as a 0–1 score, for a reward.
 """
 
 from __future__ import annotations
@@ -118,10 +116,3 @@ def rule_tree_edit_distance(prediction: str, reference: str) -> float | None:
     if pred is None:
         return 1.0  # the whole reference tree inserted, ÷ its own size
     return tree_distance(rule_tree(pred), rule_tree(ref))
-
-
-def rule_similarity(prediction: str, reference: str) -> float | None:
-    """1 − :func:`rule_tree_edit_distance`: 1 for the reference's own tree, 0 for no rule; None
-    when the reference is not a rule. Torch-free and cheap (a reward can call it per sample)."""
-    distance = rule_tree_edit_distance(prediction, reference)
-    return None if distance is None else 1.0 - distance

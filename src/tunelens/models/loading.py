@@ -165,7 +165,8 @@ def load_for_inference(model: str, quantization=None, *, dtype: str | None = Non
     from peft import AutoPeftModelForCausalLM
 
     info = _run_info(folder)
-    if quantization is None and info.get("strategy") == "qlora":
+    # a qlora run, or a run started from one (grpo after a qlora SFT stage) records its quantization
+    if quantization is None and (info.get("quantization") or info.get("strategy") == "qlora"):
         from tunelens.config import QuantConfig
 
         quantization = QuantConfig(**info.get("quantization", {}))

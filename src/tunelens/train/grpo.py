@@ -81,6 +81,19 @@ class Start:
     def is_adapter(self) -> bool:
         return (self.folder / "adapter_config.json").is_file()
 
+    def spec(self, config: TrainConfig) -> StrategySpec:
+        """How the start is loaded: its strategy's, over a base quantized as the start recorded
+        (an ``init_from`` run may have used other 4-bit settings than this run's config)."""
+        from dataclasses import replace
+
+        from tunelens.config import QuantConfig
+
+        spec = StrategySpec.from_config(self.strategy, config)
+        recorded = self.info.get("quantization")
+        if self.is_adapter and isinstance(recorded, dict):
+            spec = replace(spec, quantization=QuantConfig(**recorded))
+        return spec
+
 
 def sft_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.{SFT}"
@@ -134,6 +147,10 @@ def supervised_start(inputs: RunInputs, out: Path, progress: bool) -> Start:
         if info.get("strategy") == UNTRAINED:
             raise TunelensError(f"train.grpo.init_from: {folder}: an untrained run (strategy none) "
                                 "is no supervised start")
+        trained_on = info.get("base_model")  # else the run would be filed under a model it is not
+        if isinstance(trained_on, str) and trained_on != inputs.base_model:
+            raise TunelensError(f"train.grpo.init_from: {folder} was trained from {trained_on}, "
+                                f"not from this run's model {inputs.base_model}")
         return Start(folder, info, inside=False)
     from tunelens.train.runner import train
 
@@ -168,7 +185,7 @@ def load_policy(start: Start, inputs: RunInputs):
     """(model, tokenizer): the start with what it trained trainable again."""
     from tunelens.models.loading import _adapter_base
 
-    spec = StrategySpec.from_config(start.strategy, inputs.config)
+    spec = start.spec(inputs.config)
     dtype, remote = inputs.settings.dtype, inputs.settings.trust_remote_code
     if not start.is_adapter:
         model, tokenizer = load_base(str(start.folder), spec, dtype, remote)
@@ -210,10 +227,31 @@ def build_grpo_trainer(inputs: RunInputs, start: Start, work: Path, callbacks: l
         callbacks=[peak, interrupt, tokens, *(callbacks or []), *([bar] if bar else [])],
     )
     trainer.remove_callback(PrinterCallback)
+    _one_adapter_dtype(trainer.model, start.spec(config))
     val = format_rows(inputs.val_rows, tokenizer, "instruct", fmt, settings.instruction)
     return Session(inputs=inputs, trainer=trainer, tokenizer=tokenizer, work=work, peak=peak,
                    interrupt=interrupt, tokens=tokens, bar=bar, params=count_params(trainer.model),
                    measure=lambda: _val_loss(trainer.model, tokenizer, val, config, start, work))
+
+
+def _one_adapter_dtype(model, spec: StrategySpec) -> None:
+    """A QLoRA start's adapters (policy and KL reference) in the 4-bit base's compute dtype.
+
+    TRL's GRPOTrainer copies the start's adapter into its ``ref`` adapter in float32, then casts
+    only the trainable one to bfloat16 (its QLoRA default; SFTTrainer, which measures the
+    validation loss, does the same). The two then differ from step 0: measured on a
+    micro model, groups with zero advantage (nothing to learn) still moved the adapter by 0.086 in
+    3 steps through the KL term alone. And bfloat16 rounds away updates of GRPO's size (1e-4 on
+    weights near 0.02, whose bfloat16 spacing is 1.2e-4). Both back in the compute dtype (the
+    qlora SFT stage's adapter comes saved in bfloat16, so this costs it no precision)."""
+    import torch
+
+    if spec.quantization is None or not hasattr(model, "peft_config"):
+        return
+    dtype = getattr(torch, spec.quantization.compute_dtype)
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def _val_loss(model, tokenizer, val: list[dict], config: TrainConfig, start: Start, work: Path) -> float:
@@ -223,11 +261,12 @@ def _val_loss(model, tokenizer, val: list[dict], config: TrainConfig, start: Sta
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    spec = StrategySpec.from_config(start.strategy, config)
+    spec = start.spec(config)
     rows = Dataset.from_list(val)  # SFTTrainer wants a train set too; it is never trained on
     evaluator = SFTTrainer(model=model, args=sft_config(config, spec, "instruct", work / CHECKPOINTS),
                            train_dataset=rows, eval_dataset=rows, processing_class=tokenizer)
     evaluator.remove_callback(PrinterCallback)
+    _one_adapter_dtype(model, spec)  # SFTTrainer, too, casts a QLoRA adapter to bfloat16
     return evaluator.evaluate()["eval_loss"]
 
 
@@ -261,6 +300,7 @@ def grpo_record(session: Session, start: Start, resume: dict, seconds: float) ->
     return {
         "base_model": start.info.get("base_model", session.inputs.base_model),
         "adapter": start.is_adapter,
+        "quantization": start.info.get("quantization") if start.is_adapter else None,  # as trained
         "train_loss": start.info.get("train_loss", []),
         "val_loss_before": before if isinstance(before, float) else resume["val_loss_before"],
         "stopped_early": trainer.state.global_step < grpo.steps,

@@ -8,8 +8,9 @@ settings mean in training is :mod:`tunelens.train.grpo`'s; what each reward scor
 GRPO needs a policy that already writes rules: on a model that never emits a parseable rule every
 completion of a group scores the same, the group-relative advantage is zero and nothing is
 learned. So a supervised start is required: ``init_from`` (a finished training run) or an SFT
-stage of ``sft_steps`` inside the same run. A group of one completion has no "relative" either.
-Both are refused here, at load time, with one line.
+stage of ``sft_steps`` inside the same run (not both: steps of a stage that would not run). A
+group of one completion has no "relative" either. Each is refused here, at load time, with one
+line.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ class RewardWeights(BaseModel):
                             "which the completion's verdict agrees (the main reward)")
     length: float = Field(0.25, ge=0.0, description="weight of the penalty for text beyond the "
                           "reference's length (0 to -1)")
+    exact: float = Field(0.0, ge=0.0, description="1 when the verdicts agree on every sample "
+                         "design (rule_exec_accuracy), else 0; 0: off")
 
     def as_list(self) -> list[float]:
         """In :data:`tunelens.train.rewards.REWARDS` order."""
-        return [self.parses, self.fields, self.verdicts, self.length]
+        return [self.parses, self.fields, self.verdicts, self.length, self.exact]
 
 
 class GrpoConfig(BaseModel):
@@ -83,6 +86,9 @@ class GrpoConfig(BaseModel):
         if self.sft_steps == 0 and self.init_from is None:
             raise ValueError("strategy grpo needs a supervised start: set train.grpo.init_from to "
                              "a trained run, or train.grpo.sft_steps above 0")
+        if self.sft_steps and self.init_from is not None:
+            raise ValueError("train.grpo.init_from is the supervised start, so no SFT stage would "
+                             "run its train.grpo.sft_steps; set one of the two")
         return self
 
     def start_folder(self) -> Path | None:
