@@ -64,13 +64,27 @@ def train_cmd(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations "
         "in the backward pass: less memory, slower " + default_of(TrainConfig, "gradient_checkpointing")
         + "."),
+    launcher: str = typer.Option("none", "--launcher", help="none: train in this process; "
+                                 "accelerate: in --num-processes processes started by `accelerate "
+                                 "launch` (DDP; on a CPU over gloo), one run folder written once. "
+                                 "See docs/scale-out.md."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Processes with --launcher "
+                                      "accelerate (one per GPU; on a CPU, split the cores). Each "
+                                      "takes its own batch: a step sees N x the batch size."),
+    accelerate_config: Path | None = typer.Option(None, "--accelerate-config", help="An `accelerate "
+                                                  "config` YAML for --launcher accelerate: FSDP or "
+                                                  "DeepSpeed ZeRO-2/3 on GPUs (configs/accelerate/)."),
     threads: int = opt.threads_option(),
 ) -> None:
-    """Fine-tune a model with TRL's SFTTrainer; Ctrl-C checkpoints, rerunning resumes. The run
-    records its dtype, remote-code setting and prompt format for generate and explain."""
+    """Fine-tune a model with TRL's SFTTrainer, in one process or several (--launcher); Ctrl-C
+    checkpoints, rerunning resumes. The run records its dtype, remote-code setting and prompt
+    format for generate and explain."""
     opt.check_choice(strategy, STRATEGIES, "--strategy")
     opt.check_choice(objective, OBJECTIVES, "--objective")
     opt.check_model_settings(dtype, prompt_format)
+    from tunelens.train.launch import check_launch
+
+    check_launch(launcher, num_processes, strategy, accelerate_config)
     check_writable(out, "dir")
     train_cfg = override(opt.section(config, "train"), origin="train", max_steps=max_steps,
                          optimizer=optimizer, gradient_checkpointing=gradient_checkpointing)
@@ -78,11 +92,16 @@ def train_cmd(
     opt.existing(data, "folder")
     opt.set_threads(threads)
     from tunelens.train import train
+    from tunelens.train.launch import launch_train
 
+    settings = dict(config=train_cfg, tracking=tracking_cfg, run_name=run_name, progress=True,
+                    dtype=dtype, trust_remote_code=trust_remote_code, prompt_format=prompt_format)
     try:
-        info = train(model, data, out, strategy, objective, config=train_cfg, tracking=tracking_cfg,
-                     run_name=run_name, progress=True, dtype=dtype,
-                     trust_remote_code=trust_remote_code, prompt_format=prompt_format)
+        if launcher == "accelerate":
+            info = launch_train(model, data, out, strategy, objective, num_processes=num_processes,
+                                accelerate_config=accelerate_config, threads=threads, **settings)
+        else:
+            info = train(model, data, out, strategy, objective, **settings)
     except KeyboardInterrupt:
         from tunelens.train.runner import resumable_checkpoint
 

@@ -47,12 +47,12 @@ from tunelens.train.runner import (
     CHECKPOINTS,
     RunInputs,
     Session,
-    _log_run,
-    _quiet_libraries,
     finish,
     fit,
+    log_run,
     partial_dir,
     prepare_resume,
+    quiet_run,
     read_inputs,
 )
 from tunelens.train.strategies import StrategySpec, apply_strategy, count_params, load_base
@@ -112,7 +112,7 @@ def train_grpo(model: str, data_dir: Path, out: Path, objective: str, config: Tr
         pin_mmap_threshold()
     start = supervised_start(inputs, out, progress)
     started = time.perf_counter()
-    with _quiet_libraries(), cpu_lm_head():
+    with quiet_run(), cpu_lm_head():
         session = build_grpo_trainer(inputs, start, partial_dir(out), callbacks, progress)
         key = fingerprint(inputs.fingerprint(), files=[start.folder])
         resume, resume_from = prepare_resume(session.work, key)
@@ -128,7 +128,7 @@ def train_grpo(model: str, data_dir: Path, out: Path, objective: str, config: Tr
         info = finish(session, out, result, resume, val_after, resume_from, tracker, extra)
     if tracker is not None:
         log_rewards(tracker, info["rewards"])
-        _log_run(tracker, inputs, info, out)
+        log_run(tracker, inputs, info, out)
     return info
 
 

@@ -153,7 +153,7 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
                          settings)
     if inputs.config.release_memory:  # memory over time: see tunelens.train.heap
         pin_mmap_threshold()
-    with _quiet_libraries(), cpu_lm_head():
+    with quiet_run(), cpu_lm_head():
         session = build_trainer(inputs, partial_dir(out), callbacks, progress)
         resume, resume_from = prepare_resume(session.work, inputs.fingerprint())
         tracker = None
@@ -162,7 +162,7 @@ def train(model: str, data_dir: Path, out: Path, strategy: str, objective: str,
         result, val_after = fit(session, resume, resume_from, tracker)
         info = finish(session, out, result, resume, val_after, resume_from, tracker)
     if tracker is not None:
-        _log_run(tracker, inputs, info, out)
+        log_run(tracker, inputs, info, out)
     return info
 
 
@@ -272,14 +272,17 @@ def fit(session: Session, resume: dict, resume_from: str | None, tracker) -> tup
 
 
 def finish(session: Session, out: Path, result, resume: dict, val_after: float,
-           resume_from: str | None, tracker, extra: dict | None = None) -> dict:
+           resume_from: str | None, tracker, extra: dict | None = None, *, model=None,
+           state_dict: dict | None = None) -> dict:
     """Save weights, tokenizer and run.json (last) into the partial folder, then rename it to ``out``.
-    ``extra`` keys are laid over run.json's (a strategy's own record)."""
+    ``extra`` keys are laid over run.json's (a strategy's own record); ``model`` and ``state_dict``
+    replace the trainer's model and its weights (a launched run: the unwrapped model, and the
+    weights gathered from every process where they were sharded, :mod:`tunelens.train.launch`)."""
     work = session.work
     info = {**_run_info(session, result, resume, val_after, resume_from, tracker), **(extra or {})}
     shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     (work / RESUME).unlink(missing_ok=True)
-    session.trainer.model.save_pretrained(work)
+    (model or session.trainer.model).save_pretrained(work, state_dict=state_dict)
     session.tokenizer.save_pretrained(work)
     RunRecord.model_validate(info)  # the contract other code reads run.json by
     write_json(work / "run.json", info)
@@ -287,7 +290,8 @@ def finish(session: Session, out: Path, result, resume: dict, val_after: float,
     return info
 
 
-def _log_run(tracker: Tracker, inputs: RunInputs, info: dict, out: Path) -> None:
+def log_run(tracker: Tracker, inputs: RunInputs, info: dict, out: Path) -> None:
+    """Log a finished run to MLflow; a store that fails is a warning (the run folder is saved)."""
     try:
         tracker.finish(
             params={"strategy": inputs.strategy, "objective": inputs.objective,
@@ -396,7 +400,7 @@ def _replace(work: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_libraries():
+def quiet_run():
     """Silence library chatter (progress bars, deprecation notices) for the duration of a run."""
     import datasets
     import transformers
