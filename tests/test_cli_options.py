@@ -116,6 +116,8 @@ def test_zoo_build_refuses_unwritable_out_before_training(a_file, readonly_dir, 
     ["train", "--model", "m", "--data", "{dir}", "--strategy", "lora", "--objective", "causal",
      "--out", "{bad}/run"],
     ["export", "--model", "{dir}", "--out", "{bad}/merged"],
+    ["faithfulness", "--model", "m", "--data", "{src}", "--attributions", "{src}",
+     "--out", "{bad}/f.json"],
 ])
 def test_every_writing_verb_checks_out_first(argv, predictions, a_file, capsys):
     values = {"bad": str(a_file), "src": str(predictions), "dir": str(predictions.parent)}

@@ -9,6 +9,8 @@ from tunelens.cli import data
 from tunelens.cli import models
 from tunelens.cli import outputs
 from tunelens.cli import explain
+from tunelens.cli import faithfulness
+from tunelens.cli import probe
 from tunelens.cli import study
 from tunelens.cli import tune
 from tunelens.cli import serve

@@ -91,6 +91,22 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
     return results
 
 
+def prepare_job(model, tokenizer, prompt: str, target: str, granularity: str, baseline: str, *,
+                spans: Sequence[Span] | None = None, feature_window: Span | None = None,
+                scorer: Scorer | None = None, **options: Any) -> Job:
+    """The :class:`Job` :func:`attribute` hands its method for one prompt: checked, split into
+    features and fitted into the context exactly as there, so that code scoring other rankings of
+    the same features (:mod:`tunelens.explain.faithfulness`) sees the features the scores are of.
+    ``options`` are :class:`Options` fields; the unset ones take ExplanationConfig's defaults."""
+    windows = _check_request(tokenizer, [prompt], [target], granularity, baseline,
+                             None if spans is None else [spans], feature_window)
+    opts = _options(**{name: options.get(name) for name in Options.__dataclass_fields__})
+    scorer = scorer or Scorer(model, batch_size=opts.batch_size, memory_budget_mb=opts.memory_budget_mb,
+                              reuse_prefix=opts.reuse_prefix)
+    return _job(model, tokenizer, 0, prompt, target, granularity, baseline, spans, windows[0], opts,
+                scorer)[0]
+
+
 def _check_request(tokenizer, prompts: list, targets: list, granularity: str, baseline: str, spans,
                    feature_window) -> list:
     """Fail before any model call on a malformed request; the feature window of each prompt."""
