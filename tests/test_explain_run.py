@@ -77,7 +77,7 @@ def test_generation_target_needs_predictions(micro_model_dir, data, tmp_path):
 
 def _interrupt_at_third_example(monkeypatch, model: str, data, out, config) -> None:
     """Run explain with a Ctrl-C arriving as the third example starts (two finished)."""
-    real = run_module._explain_one
+    real = run_module.explain_example
     calls = []
 
     def flaky(llm, tok, ex, cfg):
@@ -86,10 +86,10 @@ def _interrupt_at_third_example(monkeypatch, model: str, data, out, config) -> N
             raise KeyboardInterrupt
         return real(llm, tok, ex, cfg)
 
-    monkeypatch.setattr(run_module, "_explain_one", flaky)
+    monkeypatch.setattr(run_module, "explain_example", flaky)
     with pytest.raises(KeyboardInterrupt):
         explain_run(model, data, out, config, progress=False)
-    monkeypatch.setattr(run_module, "_explain_one", real)
+    monkeypatch.setattr(run_module, "explain_example", real)
 
 
 def test_interrupted_run_resumes_where_it_stopped(micro_model_dir, data, tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ import pytest
 from _train_data import one_torch_thread  # noqa: F401
 
 from tunelens.cli import main
+from tunelens.serve.batcher import Batcher
 from tunelens.serve.engine import Job, Sampling, decode
+from tunelens.serve.metrics import Metrics
 from tunelens.serve.registry import load_served
 from tunelens.serve.security import TokenBucket
 from tunelens.serve.settings import RunSpec, ServeConfig, parse_runs
@@ -61,10 +63,16 @@ def prompted_run(micro_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(prompted_run, monkeypatch_module):
+def lora_run(micro_model_dir, tmp_path_factory):
+    return lora_adapter(micro_model_dir, tmp_path_factory.mktemp("lora") / "run")
+
+
+@pytest.fixture(scope="module")
+def server(prompted_run, lora_run, monkeypatch_module):
+    """Two runs from one server (`--run micro=... --run lora=...`), the adapter unmerged."""
     monkeypatch_module.setenv("TL_TEST_KEY", f"other-key,{KEY}")
-    with running([RunSpec("micro", str(prompted_run))], rate_limit=0, max_tokens=64,
-                 max_body_bytes=4096, max_explain_work=200) as (url, srv):
+    with running([RunSpec("micro", str(prompted_run)), RunSpec("lora", str(lora_run))],
+                 rate_limit=0, max_tokens=64, max_body_bytes=4096, max_explain_work=200) as (url, srv):
         yield url, srv
 
 
@@ -81,21 +89,26 @@ def client(url: str, key: str = KEY) -> openai.OpenAI:
 def test_openai_client_completes_streams_and_needs_the_key(server):
     url, _ = server
     c = client(url)
-    assert [m.id for m in c.models.list()] == ["micro"]
+    assert [m.id for m in c.models.list()] == ["micro", "lora"]
     ask = {"model": "micro", "messages": [{"role": "user", "content": CLAUSE}], "max_tokens": 12,
            "temperature": 0}
     whole = c.chat.completions.create(**ask)
     text = whole.choices[0].message.content
     assert text and whole.usage.completion_tokens > 0 and whole.choices[0].finish_reason in {"stop", "length"}
-    chunks = list(c.chat.completions.create(**ask, stream=True))
-    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices[0].delta.content]
+    chunks = list(c.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    pieces = [ch.choices[0].delta.content for ch in chunks[:-1] if ch.choices[0].delta.content]
     assert len(pieces) > 1 and "".join(pieces) == text  # streamed piecewise, adds up to the answer
-    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert not chunks[-1].choices and chunks[-1].usage == whole.usage  # include_usage's last chunk
     legacy = c.completions.create(model="micro", prompt=["RULE stair", "The width"], max_tokens=5)
     assert [ch.index for ch in legacy.choices] == [0, 1] and legacy.usage.completion_tokens <= 10
+    sampled = {"model": "micro", "prompt": "RULE", "max_tokens": 8, "stop": [], "temperature": 1.5}
+    seeded = [c.completions.create(**sampled, seed=3).choices[0].text for _ in range(2)]
+    free = [c.completions.create(**sampled).choices[0].text for _ in range(2)]
+    assert seeded[0] == seeded[1] and free[0] != free[1]  # no seed: a fresh one, as OpenAI's
     with pytest.raises(openai.AuthenticationError):
         client(url, "wrong").chat.completions.create(**ask)
-    assert httpx.get(f"{url}/health").json()["models"] == ["micro"]  # no key needed
+    assert httpx.get(f"{url}/health").json()["models"] == ["micro", "lora"]  # no key needed
 
 
 def test_bad_requests_get_their_status_and_a_json_error(server):
@@ -105,10 +118,16 @@ def test_bad_requests_get_their_status_and_a_json_error(server):
         (httpx.post(f"{url}/v1/completions", content=b"{not json",
                     headers={**auth, "Content-Type": "application/json"}), 400),
         (httpx.post(f"{url}/v1/completions", json={"prompt": "x" * 8000}, headers=auth), 413),
+        (httpx.post(f"{url}/v1/completions", content=(b"x" * 1024 for _ in range(5)),
+                    headers={**auth, "Content-Type": "application/json"}), 413),  # chunked, no length
         (httpx.post(f"{url}/v1/completions", json={"model": "nope", "prompt": "x"}, headers=auth), 404),
-        (httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 65}, headers=auth), 422),
-        (httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, headers=auth), 422),
-        (httpx.post(f"{url}/v1/explain", json={"prompt": CLAUSE, "method": "shapley", "n_samples": 64},
+        (httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, headers=auth), 422),  # which model?
+        (httpx.post(f"{url}/v1/completions", json={"model": "micro", "prompt": "x", "max_tokens": 65},
+                    headers=auth), 422),
+        (httpx.post(f"{url}/v1/chat/completions", json={"model": "micro", "messages": []},
+                    headers=auth), 422),
+        (httpx.post(f"{url}/v1/explain", json={"model": "micro", "prompt": CLAUSE, "method": "shapley",
+                                               "n_samples": 64},
                     headers=auth), 422),  # 16 tokens x 64 samples is above max_explain_work
         (httpx.get(f"{url}/v1/models"), 401),
     ]
@@ -144,18 +163,18 @@ def test_explain_endpoint_equals_tunelens_explain(server, prompted_run, tmp_path
                  "--no-heatmap"]) == 0
     expected = pd.read_parquet(out)
     got = httpx.post(f"{url}/v1/explain", headers={"Authorization": f"Bearer {KEY}"},
-                     json={"prompt": CLAUSE, "completion": RULE, "method": "lime", "n_samples": 8,
-                           "example_id": "c1"}).json()
+                     json={"model": "micro", "prompt": CLAUSE, "completion": RULE, "method": "lime",
+                           "n_samples": 8, "example_id": "c1"}).json()
     assert [f["token"] for f in got["features"]] == list(expected["token"])
     assert [f["category"] for f in got["features"]] == list(expected["category"])
     assert [f["score"] for f in got["features"]] == pytest.approx(list(expected["score"]), abs=1e-6)
     assert got["target_logprob"] == pytest.approx(expected["target_logprob"].iloc[0], abs=1e-6)
     other_seed = httpx.post(f"{url}/v1/explain", headers={"Authorization": f"Bearer {KEY}"},
-                            json={"prompt": CLAUSE, "completion": RULE, "method": "lime",
-                                  "n_samples": 8, "example_id": "c2"}).json()
+                            json={"model": "micro", "prompt": CLAUSE, "completion": RULE,
+                                  "method": "lime", "n_samples": 8, "example_id": "c2"}).json()
     assert [f["score"] for f in other_seed["features"]] != [f["score"] for f in got["features"]]
     own = httpx.post(f"{url}/v1/explain", headers={"Authorization": f"Bearer {KEY}"},
-                     json={"prompt": CLAUSE, "max_tokens": 6}).json()
+                     json={"model": "micro", "prompt": CLAUSE, "max_tokens": 6}).json()
     assert own["target_kind"] == "generation" and own["target"] and len(own["features"]) == len(expected)
 
 
@@ -170,24 +189,26 @@ def test_shutdown_finishes_the_request_in_flight(micro_model_dir, monkeypatch):
     assert first.choices[0].text and rest[-1].choices[0].finish_reason == "length"
 
 
-def test_rate_limit_and_timeout(micro_model_dir, monkeypatch):
+def test_rate_limit_and_timeout(server, monkeypatch):
     bucket = TokenBucket(rate=2)
     assert [bucket.take("k", now=0.0) for _ in range(3)][:2] == [0.0, 0.0]
     assert bucket.take("k", now=0.0) == pytest.approx(30.0) and bucket.take("other", now=0.0) == 0.0
     assert bucket.take("k", now=31.0) == 0.0  # refilled at 2 a minute
-    monkeypatch.setenv("TL_TEST_KEY", KEY)
-    with running([RunSpec("micro", str(micro_model_dir))], rate_limit=2, timeout_s=0.001) as (url, srv):
-        srv.config.app.state.guard.bucket.clock = lambda: 0.0  # no refill, however slow the machine
+    url, srv = server
+    state = srv.config.app.state  # this server's limits, as --rate-limit 2 --timeout 0.001 set them
+    monkeypatch.setattr(state.guard, "bucket", TokenBucket(rate=2, clock=lambda: 0.0))  # no refill
+    monkeypatch.setattr(state.batcher, "timeout", 0.001)
+    client(url).models.list()
+    with pytest.raises(openai.APIStatusError) as late:  # longer than the timeout: 504
+        client(url).completions.create(model="micro", prompt="RULE", max_tokens=64, stop=[])
+    assert late.value.status_code == 504 and "longer than" in late.value.message
+    with pytest.raises(openai.RateLimitError):
         client(url).models.list()
-        with pytest.raises(openai.APIStatusError) as late:  # longer than the timeout: 504
-            client(url).completions.create(model="micro", prompt="RULE", max_tokens=64, stop=[])
-        assert late.value.status_code == 504 and "longer than" in late.value.message
-        with pytest.raises(openai.RateLimitError):
-            client(url).models.list()
+    assert client(url, "other-key").models.list().data  # a bucket per key
 
 
-def test_batched_rows_equal_one_at_a_time_and_stream_what_they_return(micro_model_dir):
-    served = load_served(RunSpec("m", str(micro_model_dir)), merge=False)
+def test_batched_rows_equal_one_at_a_time_and_stream_what_they_return(server):
+    served = server[1].config.app.state.registry.get("micro")  # idle between requests
     prompts = ["RULE stair", "The clear width of a stair shall be", "Ramps"]
     limits = [3, 9, 6]
     alone = [decode(served.model, served.tokenizer, [Job(p, n, Sampling())])[0]
@@ -207,19 +228,35 @@ def test_batched_rows_equal_one_at_a_time_and_stream_what_they_return(micro_mode
     assert left.completion_tokens <= 3 and stayed.completion_tokens == 40  # its row ended early
 
 
-def test_adapters_serve_unmerged_or_merged(micro_model_dir, tmp_path):
-    run = lora_adapter(micro_model_dir, tmp_path / "lora")
-    unmerged = load_served(RunSpec("u", str(run)), merge=False)
-    merged = load_served(RunSpec("m", str(run)), merge=True)
-    assert type(unmerged.model).__name__.startswith("Peft") and merged.merged
-    assert not type(merged.model).__name__.startswith("Peft")
-    base = load_served(RunSpec("b", str(micro_model_dir)), merge=True)  # nothing to merge
-    assert not base.merged
+def test_a_batch_waits_for_stragglers_in_proportion_to_the_last_batch():
+    def gathered(last_batch_s: float, batch_size: int = 8) -> int:
+        batcher = Batcher(Metrics(), batch_size=batch_size, batch_wait_ms=1, timeout_s=5)
+        batcher.last_batch_s = last_batch_s
+        threading.Timer(0.04, batcher.queue.put, args=("straggler",)).start()
+        batch, _ = batcher._gather("first")
+        if "straggler" not in batch:
+            batcher.queue.get(timeout=1)  # it came after: out of the next case's way
+        return len(batch)
 
-    def answer(served):
-        return decode(served.model, served.tokenizer, [Job(CLAUSE, 8, Sampling())])[0].text
+    assert gathered(0.0) == 1  # a 1 ms gap: the straggler 40 ms later waits for the next batch
+    assert gathered(10.0, batch_size=2) == 2  # 5% of a 10 s batch: it joins (and fills) this one
+    assert gathered(10.0, batch_size=1) == 1  # a full batch waits for nobody
 
-    assert answer(unmerged) == answer(merged) != answer(base)
+
+def test_adapters_serve_unmerged_or_merged(server, lora_run):
+    url, _ = server
+    models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    listed = {m["id"]: m for m in models["data"]}
+    assert listed["lora"]["merged"] is False and listed["micro"]["merged"] is False
+    merged = load_served(RunSpec("m", str(lora_run)), merge=True)
+    assert merged.merged and not type(merged.model).__name__.startswith("Peft")
+
+    def served_answer(name):  # the prompt as it is, greedy, no stop: what decode below does
+        return client(url).completions.create(model=name, prompt=CLAUSE, max_tokens=8, stop=[],
+                                              temperature=0).choices[0].text
+
+    merged_answer = decode(merged.model, merged.tokenizer, [Job(CLAUSE, 8, Sampling())])[0].text
+    assert served_answer("lora") == merged_answer != served_answer("micro")  # chosen by `model`
 
 
 def lora_adapter(base_dir, out):

@@ -36,8 +36,8 @@ def serve_cmd(
     timeout_s: float = _s("timeout_s", "--timeout", "Seconds a request may wait and run (504 "
                           "after); shutdown waits as long for in-flight requests"),
     batch_size: int = _s("batch_size", "--batch-size", "Most requests decoded together"),
-    batch_wait_ms: float = _s("batch_wait_ms", "--batch-wait-ms", "How long a request waits for "
-                              "others to join its batch"),
+    batch_wait_ms: float = _s("batch_wait_ms", "--batch-wait-ms", "A batch starts once no request "
+                              "arrived for this long (or 5% of the last batch's time, if longer)"),
     max_explain_work: int = _s("max_explain_work", "--max-explain-work", "Most clause tokens x "
                                "samples per /v1/explain request"),
     threads: int = opt.threads_option(),

@@ -84,8 +84,8 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
         task = bar.add_task(f"explaining ({Path(str(model)).name})", total=len(examples),
                             completed=len(examples) - len(todo))
         for ex in todo:
-            record = _explain_one(llm, tokenizer, {**ex, "settings": replace(settings, prompt_format=fmt)},
-                                  config)
+            record = explain_example(llm, tokenizer,
+                                     {**ex, "settings": replace(settings, prompt_format=fmt)}, config)
             log.write(dumps(record) + "\n")
             log.flush()
             done[_key(ex)] = record
@@ -187,8 +187,16 @@ def _key(example: dict) -> tuple[str, str]:
     return (example.get("kind", "reference"), example["example_id"])
 
 
-def _explain_one(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
-    """One example's record: its attribution rows (clause-relative, with categories) and costs."""
+def explain_example(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict:
+    """One example's record: its attribution rows (clause-relative, with categories) and costs.
+
+    The one place an example is attributed: :func:`explain_run` calls it per row and
+    ``tunelens serve``'s ``/v1/explain`` per request, so both give the same scores for the same
+    input. ``ex`` holds ``example_id`` (with ``config.seed``, it seeds sampling methods),
+    ``clause``, ``kind`` (``reference`` or ``generation``), ``target``, ``rendered`` (the prompt
+    the model saw, or None to render it from ``settings``, a
+    :class:`~tunelens.models.run_settings.ModelSettings` with its prompt format resolved).
+    """
     from tunelens.data.compliance.categories import category_at, tag
 
     clause = ex["clause"]

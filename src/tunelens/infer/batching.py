@@ -20,6 +20,9 @@ prompt costs a truncation, not minutes of attention over positions the model nev
 Each batch is seeded from the study seed and its first row's rank in the sorted order, so the
 same seed, data and batch settings give the same samples, retries included.
 
+One batch is one :func:`generate_batch` call; ``tunelens serve`` calls it directly for the
+requests it batched, adding its own per-row limits and streamer through ``hooks``.
+
 Batches are static: a batch runs until its longest output ends (or every row stopped). Two ways
 around that were measured on the CPU and dropped: transformers' continuous batching
 (``generate_batch``) ran over 10x slower than plain ``generate`` here, and refilling finished
@@ -33,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation import BaseStreamer
 
 from tunelens.config import GenerationConfig
 from tunelens.errors import TunelensError
@@ -107,14 +111,13 @@ def generate_texts(model, tokenizer, prompts: list[str], config: GenerationConfi
                          config.max_new_tokens, config.num_samples)
     rank = {row: n for n, row in enumerate(i for batch in queue for i in batch)}
     gen_config = hf_generation_config(config, tokenizer, model)
-    eos = eos_token_ids(tokenizer, model)
     results: list[Generation | None] = [None] * len(prompts)
     model.eval()
     while queue:
         batch = queue.pop(0)
         try:
-            outputs = _run_batch(model, tokenizer, [encoded[i] for i in batch], gen_config, eos,
-                                 config, seed=config.seed * 1_000_003 + rank[batch[0]])
+            outputs = _run_batch(model, tokenizer, [encoded[i] for i in batch], gen_config, config,
+                                 seed=config.seed * 1_000_003 + rank[batch[0]])
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -135,27 +138,49 @@ def generate_texts(model, tokenizer, prompts: list[str], config: GenerationConfi
     return results  # type: ignore[return-value]
 
 
-def _run_batch(model, tokenizer, rows: list[list[int]], gen_config, eos: list[int],
-               config: GenerationConfig, seed: int) -> list[Generation]:
+def _run_batch(model, tokenizer, rows: list[list[int]], gen_config, config: GenerationConfig,
+               seed: int) -> list[Generation]:
+    generated, stop = generate_batch(model, tokenizer, rows, gen_config, config.stop, seed)
+    lengths = stop.final_lengths(generated.shape[1])
+    texts = decode_rows(tokenizer, generated, lengths.tolist(), config.stop)
+    n = config.num_samples
+    return [Generation(samples=texts[k * n:(k + 1) * n], tokens=int(lengths[k * n:(k + 1) * n].sum()))
+            for k in range(len(rows))]
+
+
+BatchHooks = Callable[[StopCriteria], tuple[list[StoppingCriteria], BaseStreamer | None]]
+
+
+def generate_batch(model, tokenizer, rows: list[list[int]], gen_config, stops: list[str], seed: int,
+                   hooks: BatchHooks | None = None) -> tuple[torch.Tensor, StopCriteria]:
+    """One left-padded ``generate`` call over token-id ``rows``, seeded without touching the
+    global RNG: the generated columns (on the CPU) and the stop criterion that watched them
+    (``final_lengths`` per row, ``done`` for the rows that met EOS or a stop string).
+
+    ``hooks(stop)`` returns more stopping criteria and a streamer for this call, built with the
+    batch's own ``stop`` (its ``prompt_len``, which rows are done): the server ends rows at their
+    own ``max_tokens`` or when their client left, and streams each row (:mod:`tunelens.serve.engine`).
+    """
     device = _device_of(model)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
-    stop = StopCriteria(tokenizer, config.stop, prompt_len=ids.shape[1], eos_ids=eos)
+    stop = StopCriteria(tokenizer, stops, prompt_len=ids.shape[1],
+                        eos_ids=eos_token_ids(tokenizer, model))
+    extra, streamer = hooks(stop) if hooks is not None else ([], None)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
         torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              generation_config=gen_config,
-                             stopping_criteria=StoppingCriteriaList([stop]))
-    generated = out[:, ids.shape[1]:].cpu()
-    lengths = stop.final_lengths(generated.shape[1])
-    texts = tokenizer.batch_decode(
-        [generated[r, : lengths[r]].tolist() for r in range(generated.shape[0])],
-        skip_special_tokens=True,
-    )
-    texts = [truncate_at_stop(t, config.stop).strip() for t in texts]
-    n = config.num_samples
-    return [Generation(samples=texts[k * n:(k + 1) * n], tokens=int(lengths[k * n:(k + 1) * n].sum()))
-            for k in range(len(rows))]
+                             stopping_criteria=StoppingCriteriaList([stop, *extra]), streamer=streamer)
+    return out[:, ids.shape[1]:].cpu(), stop
+
+
+def decode_rows(tokenizer, generated: torch.Tensor, lengths: list[int], stops: list[str]) -> list[str]:
+    """Each row's text: its first ``lengths[r]`` tokens, special tokens dropped, cut at the first
+    stop string, stripped (the output every caller of :func:`generate_batch` returns)."""
+    texts = tokenizer.batch_decode([generated[r, :n].tolist() for r, n in enumerate(lengths)],
+                                   skip_special_tokens=True)
+    return [truncate_at_stop(t, stops).strip() for t in texts]
 
 
 def _device_of(model) -> torch.device:

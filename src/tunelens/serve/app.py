@@ -36,6 +36,7 @@ from tunelens.serve.schemas import (
     chunk,
     completion_reply,
     new_id,
+    usage_chunk,
 )
 from tunelens.serve.security import Guard
 from tunelens.serve.settings import ServeConfig
@@ -57,7 +58,7 @@ def create_app(registry: Registry, config: ServeConfig, api_keys: tuple[str, ...
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(Instrument, metrics=metrics)
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics, app.state.registry = batcher, metrics, registry
     app.state.guard = Guard(api_keys, config.rate_limit)
     guard = Depends(app.state.guard)
 
@@ -95,7 +96,7 @@ def _model_routes(app: FastAPI, registry: Registry, batcher: Batcher, config: Se
         limit = body.max_completion_tokens or body.max_tokens
         job = _job(served, served.render(clause), body, limit, config)
         if body.stream:
-            return _stream(batcher, served, job, "chat")
+            return _stream(batcher, served, job, "chat", body.include_usage())
         return chat_reply(served.name, await batcher.generate(served, job))
 
     @app.post("/v1/completions", dependencies=[guard])
@@ -110,7 +111,7 @@ def _model_routes(app: FastAPI, registry: Registry, batcher: Batcher, config: Se
             if len(jobs) > 1:
                 raise ApiError(422, "stream: one prompt per streamed request", "invalid_value",
                                "stream")
-            return _stream(batcher, served, jobs[0], "text")
+            return _stream(batcher, served, jobs[0], "text", body.include_usage())
         outputs = await asyncio.gather(*(batcher.generate(served, j) for j in jobs))
         return completion_reply(served.name, list(outputs))
 
@@ -139,12 +140,14 @@ def _job(served: ServedModel, prompt: str, body: _Body, max_tokens: int | None,
     greedy = not body.temperature  # then top_p and the seed change nothing: keep batches whole
     sampling = Sampling(temperature=body.temperature or 0.0,
                         top_p=1.0 if greedy else body.top_p or 1.0,
-                        stop=body.stops(GenerationConfig().stop), seed=0 if greedy else body.seed or 0)
+                        stop=body.stops(GenerationConfig().stop), seed=0 if greedy else body.seed)
     return Job(prompt, max_tokens or config.default_max_tokens, sampling)
 
 
-def _stream(batcher: Batcher, served: ServedModel, job: Job, kind: str) -> StreamingResponse:
-    """Server-sent events of one job: pieces as they come, then the finish reason and [DONE]."""
+def _stream(batcher: Batcher, served: ServedModel, job: Job, kind: str,
+            with_usage: bool) -> StreamingResponse:
+    """Server-sent events of one job: pieces as they come, then the finish reason (and the usage
+    when asked for), then [DONE]."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
     job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
@@ -162,6 +165,8 @@ def _stream(batcher: Batcher, served: ServedModel, job: Job, kind: str) -> Strea
                 first = False
             output: Output = task.result()
             yield _sse(chunk(kind, ident, served.name, None, output.finish_reason, first))
+            if with_usage:
+                yield _sse(usage_chunk(kind, ident, served.name, output))
             yield "data: [DONE]\n\n"
         except ApiError as exc:
             yield _sse(errors.error_body(exc.status, exc.message, exc.code))

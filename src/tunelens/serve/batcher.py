@@ -1,12 +1,23 @@
 """Dynamic batching: requests that arrive while the model is busy are decoded together.
 
 One worker thread owns the models (torch is not asked to run two generations at once, and the
-event loop never blocks on a forward pass). It takes the first waiting request, lets others join
-it for ``batch_wait_ms`` (and takes everything that queued up while the previous batch ran), then
-decodes each group of requests with the same model and sampling settings as one batch
-(:func:`tunelens.serve.engine.decode`). Under load the queue refills while a batch decodes, so
-batches grow with the number of clients: at 8 clients one ``generate`` call serves 8 requests for
-little more than the cost of one on a small model.
+event loop never blocks on a forward pass). It takes the first waiting request and everything
+that queued up while the previous batch ran, and lets others join until no request has arrived
+for ``batch_wait_ms``, then decodes each group of requests with the same model and sampling
+settings as one batch (:func:`tunelens.serve.engine.decode`). Under load the queue refills while
+a batch decodes, so batches grow with the number of clients: at 8 clients one ``generate`` call
+serves 8 requests for little more than the cost of one on a small model.
+
+The batch closes once the queue has been quiet for a gap of ``batch_wait_ms`` or 5% of the last
+batch's decoding time, whichever is longer, measured from the last arrival. When a batch's
+replies go out, its clients' next requests reach the queue one by one, tens of milliseconds
+apart on a busy CPU, while the requests that queued during that batch are already there. A fixed
+5 ms window from the first arrival locked 8 clients into two alternating half batches, each
+costing about as much as a full one (SmolLM2-135M on a shared 2-core CPU: a mean batch of 4.0,
+batching 2.2-2.5x one-at-a-time; benchmarks/serve_load.py). The gap scales with the model's
+speed: 5% of a multi-second CPU batch lets the stragglers join, and a fast GPU batch keeps the
+5 ms floor. A batch of one request (one client, or ``--batch-size 1``) leaves the gap at the
+floor, so a lone client does not wait 5% for nobody; a full batch waits for nothing.
 
 Attributions (``/v1/explain``) run on the same thread, alone, between batches; so does all
 tokenizing, because a fast (Rust) tokenizer used from two threads at once can fail ("Already
@@ -33,6 +44,8 @@ from tunelens.serve.metrics import Metrics
 from tunelens.serve.registry import ServedModel
 
 log = logging.getLogger("tunelens.serve")
+GATHER_SHARE = 0.05  # the quiet gap that closes a batch: at least this share of the last batch's time
+GATHER_WAITS = 10  # and a batch waits at most this many quiet gaps in all
 
 
 @dataclass
@@ -64,6 +77,7 @@ class Batcher:
     def __init__(self, metrics: Metrics, batch_size: int, batch_wait_ms: float, timeout_s: float):
         self.metrics, self.batch_size = metrics, batch_size
         self.wait, self.timeout = batch_wait_ms / 1000.0, timeout_s
+        self.last_batch_s = 0.0  # how long the last generate call took (it sizes the gap)
         self.queue: queue.Queue[Pending | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="tunelens-batcher", daemon=True)
 
@@ -107,16 +121,21 @@ class Batcher:
                 self._serve(group)
 
     def _gather(self, first: Pending) -> tuple[list[Pending], bool]:
-        """``first`` and what joins it within the wait (or had already queued)."""
-        batch, deadline = [first], time.monotonic() + self.wait
+        """``first``, what had already queued, and what joins it until the queue has been quiet
+        for the gap (the module docstring), at most ``GATHER_WAITS`` gaps in all."""
+        gap = max(self.wait, GATHER_SHARE * self.last_batch_s)
+        start = time.monotonic()
+        batch, deadline = [first], start + gap
         while len(batch) < self.batch_size * 4:
+            full = len(batch) >= self.batch_size  # then take what is queued, wait for nothing
             try:
-                item = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
+                item = self.queue.get(timeout=0 if full else max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if item is None:
                 return batch, True
             batch.append(item)
+            deadline = min(time.monotonic() + gap, start + GATHER_WAITS * gap)
         return batch, False
 
     def _serve(self, group: list[Pending]) -> None:
@@ -130,7 +149,9 @@ class Batcher:
             served = live[0].served
             start = time.perf_counter()
             outputs = decode(served.model, served.tokenizer, [p.job for p in live])
-            self._count(served, len(live), outputs, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.last_batch_s = seconds if len(live) > 1 else 0.0
+            self._count(served, len(live), outputs, seconds)
             for pending, output in zip(live, outputs, strict=True):
                 pending.resolve(output)
         except ApiError as exc:

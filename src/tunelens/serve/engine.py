@@ -1,9 +1,9 @@
 """One batch of requests decoded together, each row streamed as its tokens arrive.
 
-The pieces are the generate stage's (:mod:`tunelens.infer.batching` and
-:mod:`tunelens.infer.sampling`): prompts fitted to the context, left padding, every decoding
-setting explicit, stop strings matched on generated text only, the same cleaning of the output.
-What a server adds, and :func:`~tunelens.infer.batching.generate_texts` has no hook for:
+The call itself is the generate stage's (:func:`tunelens.infer.batching.generate_batch`):
+prompts fitted to the context, left padding, every decoding setting explicit, stop strings
+matched on generated text only, the same cleaning of the output. What a server adds goes in
+through that function's ``hooks`` (:class:`RowHooks`):
 
 * each row has its own ``max_tokens`` and may be cancelled (its client left): a stopping
   criterion ends such rows, so a long request does not hold a short one's answer;
@@ -19,28 +19,33 @@ the non-streamed answer.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria
 from transformers.generation import BaseStreamer
 
 from tunelens.config import GenerationConfig
-from tunelens.infer.batching import fit_prompts, left_pad
-from tunelens.infer.sampling import StopCriteria, eos_token_ids, hf_generation_config, truncate_at_stop
+from tunelens.infer.batching import decode_rows, fit_prompts, generate_batch
+from tunelens.infer.sampling import StopCriteria, hf_generation_config, truncate_at_stop
 from tunelens.models.context import prompt_budget
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """The settings a batch shares: requests with equal ones may be decoded together."""
+    """The settings a batch shares: requests with equal ones may be decoded together.
+
+    ``seed`` None (a sampled request that gave none) draws a fresh seed per batch, so such
+    requests vary as OpenAI's do, and all of them can share a batch.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
-    seed: int = 0
+    seed: int | None = 0
 
 
 @dataclass
@@ -65,36 +70,41 @@ class Output:
 def decode(model, tokenizer, jobs: list[Job]) -> list[Output]:
     """Generate for ``jobs`` (one shared :class:`Sampling`) in one ``generate`` call."""
     sampling = jobs[0].sampling
+    seed = secrets.randbits(63) if sampling.seed is None else sampling.seed
     longest = max(j.max_tokens for j in jobs)
     config = GenerationConfig(max_new_tokens=longest, do_sample=sampling.temperature > 0,
                               temperature=sampling.temperature or 1.0, top_p=sampling.top_p,
-                              stop=list(sampling.stop), seed=sampling.seed)
+                              stop=list(sampling.stop), seed=seed)
     fitted = fit_prompts(tokenizer, [j.prompt for j in jobs], prompt_budget(model, longest))
-    ids, mask = left_pad([f.ids for f in fitted], tokenizer.pad_token_id)
-    eos = eos_token_ids(tokenizer, model)
-    stop = StopCriteria(tokenizer, config.stop, prompt_len=ids.shape[1], eos_ids=eos)
-    limits = RowLimits(jobs, ids.shape[1])
-    streamer = RowStreamer(tokenizer, jobs, config.stop, (stop, limits)) \
-        if any(j.on_text for j in jobs) else None
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            torch.inference_mode():
-        torch.manual_seed(sampling.seed)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             generation_config=hf_generation_config(config, tokenizer, model),
-                             stopping_criteria=StoppingCriteriaList([stop, limits]), streamer=streamer)
-    generated = out[:, ids.shape[1]:].cpu()
-    ended = stop.final_lengths(generated.shape[1])
+    rows = RowHooks(tokenizer, jobs, config.stop)
+    generated, stop = generate_batch(model, tokenizer, [f.ids for f in fitted],
+                                     hf_generation_config(config, tokenizer, model), config.stop,
+                                     seed, rows)
+    ended = torch.minimum(stop.final_lengths(generated.shape[1]), rows.limits.ended).tolist()
+    texts = decode_rows(tokenizer, generated, ended, config.stop)
     outputs = []
     for r, job in enumerate(jobs):
-        n = min(int(ended[r]), int(limits.ended[r]))
-        text = tokenizer.decode(generated[r, :n].tolist(), skip_special_tokens=True)
-        text = truncate_at_stop(text, config.stop).strip()
         reason = "stop" if bool(stop.done[r]) and int(stop.lengths[r]) <= job.max_tokens else "length"
-        outputs.append(Output(text, len(fitted[r].ids), n, reason))
-        if streamer is not None:
-            streamer.finish(r, text)
+        outputs.append(Output(texts[r], len(fitted[r].ids), ended[r], reason))
+        if rows.streamer is not None:
+            rows.streamer.finish(r, texts[r])
     return outputs
+
+
+class RowHooks:
+    """The server's part of one ``generate`` call (:data:`~tunelens.infer.batching.BatchHooks`):
+    per-row limits and cancellation, and a streamer when some row is streamed."""
+
+    def __init__(self, tokenizer, jobs: list[Job], stops: list[str]):
+        self.tokenizer, self.jobs, self.stops = tokenizer, jobs, stops
+        self.limits: RowLimits | None = None
+        self.streamer: RowStreamer | None = None
+
+    def __call__(self, stop: StopCriteria) -> tuple[list[StoppingCriteria], BaseStreamer | None]:
+        self.limits = RowLimits(self.jobs, stop.prompt_len)
+        if any(j.on_text for j in self.jobs):
+            self.streamer = RowStreamer(self.tokenizer, self.jobs, self.stops, (stop, self.limits))
+        return [self.limits], self.streamer
 
 
 class RowLimits(StoppingCriteria):

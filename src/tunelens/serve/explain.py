@@ -32,7 +32,7 @@ def check_work(served: ServedModel, request: ExplainRequest, limit: int) -> None
 
 def attribute(served: ServedModel, request: ExplainRequest, target: str, kind: str) -> dict:
     """The attribution reply (runs on the batcher's thread)."""
-    from tunelens.explain.run import _explain_one  # the stage's per-example function (see module doc)
+    from tunelens.explain.run import explain_example
 
     config = ExplanationConfig(method=request.method, granularity=request.granularity,
                                baseline=request.baseline, n_samples=request.n_samples,
@@ -40,7 +40,7 @@ def attribute(served: ServedModel, request: ExplainRequest, target: str, kind: s
     settings = replace(served.settings, prompt_format=served.prompt_format)  # as explain_run passes
     example = {"example_id": request.example_id, "clause": request.prompt, "kind": kind,
                "target": target, "rendered": None, "settings": settings}
-    record = _explain_one(served.model, served.tokenizer, example, config)
+    record = explain_example(served.model, served.tokenizer, example, config)
     rows = record["rows"]
     return {
         "object": "explanation", "model": served.name, "example_id": request.example_id,

@@ -61,7 +61,8 @@ def _quantized(model) -> bool:
 
 
 class Registry:
-    """Served models by name; an unknown name is the client's error (404), listed in the reply."""
+    """Served models by name; an unknown name is the client's error (404), listed in the reply;
+    a request without one gets the only model, or a 422 when there are several."""
 
     def __init__(self, models: list[ServedModel]):
         self.models = {m.name: m for m in models}
@@ -71,6 +72,9 @@ class Registry:
 
         if name is None and len(self.models) == 1:
             return next(iter(self.models.values()))
+        if name is None:
+            raise ApiError(422, f"model: required when several are served ({', '.join(self.models)})",
+                           "missing_model", param="model")
         if name not in self.models:
             raise ApiError(404, f"model {name!r} is not served here (served: "
                            f"{', '.join(self.models)})", "model_not_found", param="model")

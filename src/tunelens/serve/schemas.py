@@ -18,6 +18,12 @@ from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.serve.engine import Output
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # a last chunk with the usage and no choices, as OpenAI sends
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -28,7 +34,11 @@ class _Body(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: Literal[1] = 1
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def stops(self, default: list[str]) -> tuple[str, ...]:
         if self.stop is None:
@@ -113,6 +123,13 @@ def completion_reply(model: str, outputs: list[Output]) -> dict:
             "model": model, "usage": usage(outputs),
             "choices": [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
                         for i, o in enumerate(outputs)]}
+
+
+def usage_chunk(kind: str, ident: str, model: str, output: Output) -> dict:
+    """The last streamed event when ``stream_options.include_usage`` asked for it."""
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    return {"id": ident, "object": obj, "created": int(time.time()), "model": model,
+            "choices": [], "usage": usage([output])}
 
 
 def chunk(kind: str, ident: str, model: str, text: str | None, finish: str | None,

@@ -35,8 +35,8 @@ class ServeConfig(Section):
     timeout_s: float = Field(120.0, gt=0, description="a request waiting or running longer gets "
                              "504; also how long shutdown waits for in-flight requests")
     batch_size: int = Field(32, ge=1, description="most requests decoded together")
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long the first request of a batch "
-                                 "waits for others to join it")
+    batch_wait_ms: float = Field(5.0, ge=0, description="a batch starts once no request arrived "
+                                 "for this long (or 5% of the last batch's time, when longer)")
     max_explain_work: int = Field(4096, ge=1, description="most clause tokens x samples one "
                                   "/v1/explain request may cost (422 above)")
 
