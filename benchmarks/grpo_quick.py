@@ -11,6 +11,10 @@ GRPO was better, and two tests over every seed × row pair: Wilcoxon signed-rank
 exact McNemar on ``rule_exec_accuracy`` (rows only one arm gets entirely right).
 
     nice -n 10 python benchmarks/grpo_quick.py --rung tl-q4 --seeds 0 1 2 --out /tmp/grpo-quick
+    python benchmarks/grpo_quick.py --seeds 0 1 2 --exact 1.0 --out /tmp/grpo-exact  # all-or-nothing
+
+Both arms are scored with the run's reward weights (``--exact`` included). A finished
+``<out>/sft_s<seed>`` is reused, so a GRPO variant can start from an earlier run's SFT arms.
 
 Writes ``<out>/results.json``; docs/grpo.md quotes a run of it. Not in the suite: minutes, not
 seconds (about 2.5 minutes a seed on a free core).
@@ -62,10 +66,11 @@ def one_seed(base: str, data: Path, out: Path, seed: int, args) -> dict:
     grpo_cfg = sft_cfg.model_copy(update={"grpo": sft_cfg.grpo.model_validate(grpo)})
     timing = {}
     t0 = time.perf_counter()
+    timing["sft_s"] = None  # reused: no SFT time to set GRPO's against
     if not (out / f"sft_s{seed}" / "run.json").exists():  # one SFT per seed, whatever GRPO tries
         train(base, data, out / f"sft_s{seed}", args.sft_strategy, "instruct", sft_cfg, tracking,
               progress=True)
-    timing["sft_s"] = time.perf_counter() - t0
+        timing["sft_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = train(base, data, out / f"grpo_s{seed}", "grpo", "instruct", grpo_cfg, tracking, progress=True)
     timing["grpo_s"] = time.perf_counter() - t0
@@ -96,6 +101,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, help="train.grpo.temperature")
     parser.add_argument("--exact", type=float,
                         help="train.grpo.rewards.exact: the all-designs-agree term's weight")
+    parser.add_argument("--versus", type=Path, help="an earlier run's --out: compare this GRPO arm "
+                        "with its GRPO arm, seed by seed (e.g. with and without --exact)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="quick.yaml's generation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -118,6 +125,8 @@ def main() -> None:
                                                        "results": results}, indent=1))
     print_table(results)
     print_pooled(args.out, [r["seed"] for r in results], reward_weights(args).as_list())
+    if args.versus is not None:
+        print_versus(args.out, args.versus, [r["seed"] for r in results], reward_weights(args).as_list())
 
 
 KEYS = ("mean_reward", "rule_parse_rate", "rule_field_accuracy", "rule_exec_agreement",
@@ -134,8 +143,8 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         for arm in ("sft", "grpo"):
             cells = [f"{r[arm][k]:>{len(name)}.3f}" for k, name in zip(KEYS, names, strict=True)]
-            tail = (f"  ({r['grpo_s'] / r['sft_s']:.2f}, {r['load_average']:.2f})"
-                    if arm == "grpo" and r.get("sft_s") and "load_average" in r else "")
+            ratio = f"{r['grpo_s'] / r['sft_s']:.2f}" if r.get("sft_s") else "SFT reused"
+            tail = f"  ({ratio}, {r['load_average']:.2f})" if arm == "grpo" and "load_average" in r else ""
             print(f"{r['seed']:>4} {arm:>5} " + " ".join(cells) + tail)
     spread = statistics.stdev if len(results) > 1 else (lambda _: 0.0)
     rows = {arm: [[r[arm][k] for r in results] for k in KEYS] for arm in ("sft", "grpo")}
@@ -186,3 +195,33 @@ def print_pooled(out: Path, seeds: list[int], weights: list[float]) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _exact_and_reward(path: Path, weights: list[float]) -> list[tuple[float, float]]:
+    """Per validation row of a predictions file: (rule_exec_accuracy, weighted reward)."""
+    from tunelens.evaluate.rules import score_rule
+    from tunelens.train.rewards import score, total
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(score_rule(r["prediction"], r["reference"]).exec_accuracy,
+             total(score(r["prediction"], r["reference"]), weights)) for r in rows]
+
+
+def print_versus(out: Path, other: Path, seeds: list[int], weights: list[float]) -> None:
+    """This run's GRPO arm against another run's (same seeds, same SFT arms): rules entirely
+    right per seed, and pooled rows only one of them gets right (exact McNemar)."""
+    from scipy.stats import binomtest
+
+    only = {"this": 0, "other": 0}
+    for seed in seeds:
+        mine = _exact_and_reward(out / f"grpo_s{seed}.val.jsonl", weights)
+        theirs = _exact_and_reward(other / f"grpo_s{seed}.val.jsonl", weights)
+        only["this"] += sum(a[0] > b[0] for a, b in zip(mine, theirs, strict=True))
+        only["other"] += sum(b[0] > a[0] for a, b in zip(mine, theirs, strict=True))
+        print(f"seed {seed}: rules entirely right, this GRPO {sum(a for a, _ in mine):.0f}, "
+              f"{other}'s {sum(b for b, _ in theirs):.0f} of {len(mine)}; reward (these weights) "
+              f"{statistics.fmean(r for _, r in mine):.3f} vs {statistics.fmean(r for _, r in theirs):.3f}")
+    n = only["this"] + only["other"]
+    p = binomtest(only["this"], n, 0.5).pvalue if n else 1.0
+    print(f"pooled: right only with this GRPO {only['this']}, only with {other}'s {only['other']} "
+          f"(exact McNemar p={p:.3f})")

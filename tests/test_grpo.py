@@ -30,7 +30,7 @@ TINY = dict(max_steps=3, learning_rate=1e-2, batch_size=4, logging_steps=1, warm
             max_length=128)
 # qlora: the SFT stage trains an adapter on a 4-bit base, which GRPO then trains further
 TINY_GRPO = dict(steps=2, num_generations=2, prompts_per_step=2, max_completion_length=12,
-                 sft_strategy="qlora")
+                 sft_strategy="qlora", rewards={"exact": 0.5})  # TRL gets every weight
 
 
 def test_rewards_are_the_evaluate_stages_rule_scores():
@@ -39,7 +39,9 @@ def test_rewards_are_the_evaluate_stages_rule_scores():
         assert got["parses"] == float(want.parsed)
         assert got["fields"] == pytest.approx(want.field_accuracy)
         assert got["verdicts"] == pytest.approx(want.exec_agreement)
-    assert rewards.score(REF, REF) == {"parses": 1.0, "fields": 1.0, "verdicts": 1.0, "length": 0.0}
+        assert got["exact"] == want.exec_accuracy
+    assert rewards.score(REF, REF) == {"parses": 1.0, "fields": 1.0, "verdicts": 1.0, "length": 0.0,
+                                       "exact": 1.0}
     flipped = rewards.score(COMPLETIONS[2], REF)
     assert 0.0 < flipped["verdicts"] < 1.0 and flipped["fields"] == pytest.approx(6 / 7)
 
@@ -53,8 +55,24 @@ def test_length_penalty_and_trl_signature():
                          trainer_state=None) for f in rewards.REWARD_FUNCS}
     assert tuple(out) == rewards.REWARDS
     assert out["parses"] == [1.0, 0.0] and out["verdicts"] == [1.0, 0.0]
-    weights = [0.25, 0.5, 1.0, 0.25]
+    weights = [0.25, 0.5, 1.0, 0.25, 0.0]
     assert rewards.total(rewards.score(REF, REF), weights) == pytest.approx(1.75)
+
+
+def test_exact_pays_only_for_every_design_agreeing():
+    """``exact`` is all or nothing on the verdicts, whatever the fields: what rule_exec_accuracy
+    counts, and a weight of train.grpo.rewards (off by default, so the other four stay as tuned)."""
+    from tunelens.train.grpo_settings import RewardWeights
+
+    other_unit, flipped = rewards.score(COMPLETIONS[1], REF), rewards.score(COMPLETIONS[2], REF)
+    assert other_unit["exact"] == 1.0 and other_unit["fields"] < 1.0  # 30 in: same verdicts
+    assert 0.0 < flipped["verdicts"] < 1.0 and flipped["exact"] == 0.0  # half right pays nothing
+    assert RewardWeights().exact == 0.0
+    weights = RewardWeights(exact=2.0).as_list()
+    assert weights[rewards.REWARDS.index("exact")] == 2.0
+    off = RewardWeights().as_list()
+    assert rewards.total(other_unit, weights) - rewards.total(other_unit, off) == pytest.approx(2.0)
+    assert rewards.total(flipped, weights) == pytest.approx(rewards.total(flipped, off))
 
 
 @pytest.mark.parametrize(("study", "says"), [
@@ -137,8 +155,8 @@ def test_tiny_grpo_run_logs_rewards_resumes_and_loads(micro_model_dir, tmp_path)
     assert info["resumed_from_step"] == 1 and info["global_step"] == 2
     assert [r["step"] for r in info["rewards"]] == [1, 2]  # step 1's log survived the interrupt
     for row in info["rewards"]:
-        weighted = sum(w * row[n] for n, w in zip(rewards.REWARDS, [0.25, 0.5, 1.0, 0.25], strict=True))
-        assert row["reward"] == pytest.approx(weighted, abs=1e-5)  # TRL's sum of our four
+        weighted = sum(w * row[n] for n, w in zip(rewards.REWARDS, cfg.grpo.rewards.as_list(), strict=True))
+        assert row["reward"] == pytest.approx(weighted, abs=1e-5)  # TRL's sum of our five
     assert info["strategy"] == "grpo" and info["adapter"] is True
     assert info["grpo"]["start"] == "sft" and info["grpo"]["start_strategy"] == "qlora"
     # TRL casts a QLoRA adapter to bfloat16 but not its frozen KL copy; ours keeps both in the

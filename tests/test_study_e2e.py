@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from tunelens.cli import main
 from tunelens.config import load_study
@@ -24,10 +25,15 @@ def zoo_root(quick_zoo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick_study(zoo_root, tmp_path_factory):
-    """The quick study, run once through the CLI; later tests read (and resume) its folder."""
-    out = tmp_path_factory.mktemp("study") / "quick"
-    code = main(["run", str(bundled_example("quick.yaml")), "--out", str(out),
-                 "--zoo", str(zoo_root)])
+    """The quick study, run once through the CLI; later tests read (and resume) its folder. Its
+    checks (faithfulness, probes, layer views: ~20 s here) are switched off; test_study_checks.py
+    runs them on a micro study."""
+    base = tmp_path_factory.mktemp("study")
+    raw = yaml.safe_load(bundled_example("quick.yaml").read_text())
+    raw.pop("checks")
+    (base / "quick.yaml").write_text(yaml.safe_dump(raw))
+    out = base / "quick"
+    code = main(["run", str(base / "quick.yaml"), "--out", str(out), "--zoo", str(zoo_root)])
     assert code == 0
     return out
 

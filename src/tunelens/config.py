@@ -24,6 +24,7 @@ from typing_extensions import TypedDict  # pydantic needs this one below Python 
 
 from tunelens.errors import TunelensError
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
+from tunelens.explain.checks_settings import ChecksConfig
 from tunelens.io import printable, read_text
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
 from tunelens.train.grpo_settings import GRPO, GrpoConfig
@@ -405,6 +406,7 @@ class Study(Section):
     generation: GenerationConfig = GenerationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     explanation: ExplanationConfig = ExplanationConfig()
+    checks: ChecksConfig = Field(ChecksConfig(), description="checks after explain (explain.checks_settings)")
     comparison: ComparisonConfig = ComparisonConfig()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -17,6 +17,7 @@ readers load it from there and never parse it back out of a file name.
       models/<train run>/            weights or adapter, tokenizer, run.json
       predictions/<run>.jsonl        metrics/<run>.json       attributions/<run>.parquet (+ .html)
       stats/*.json                   figures/*.png            report.html
+      checks/{faithfulness,probes,layers}/<run>.json          (only the checks a study switches on)
 """
 
 from __future__ import annotations
@@ -192,6 +193,14 @@ class StudyLayout:
 
     def attributions(self, run: RunIdentity) -> Path:
         return self.attributions_dir / f"{run.name}.parquet"
+
+    @property
+    def checks(self) -> Path:
+        return self.root / "checks"
+
+    def check(self, kind: str, run: RunIdentity) -> Path:
+        """``checks/<kind>/<run>.json``: one explanation check (faithfulness, probes, layers)."""
+        return self.checks / kind / f"{run.name}.json"
 
     def log(self, run: RunIdentity) -> Path:
         return self.logs / f"{run.name}.txt"

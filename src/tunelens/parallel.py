@@ -24,6 +24,11 @@ What the standard library does not do, and this module adds:
   the study lock, no orphan can still be writing into the folder.
 - **Tracking.** MLflow's active run is per process, so each worker adopts the parent's study run
   and its training runs still nest under it.
+
+The Ray backend (:mod:`tunelens.ray_backend`) runs the same groups as Ray tasks: it shares this
+module's public part (which groups are ready and in what order, a worker's setup and its loop
+over a group's cells, merging a finished group) and replaces only the pool, the queue and the
+signal handling.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -69,14 +74,13 @@ def run_parallel(runner: StudyRunner, groups: list[Group], statuses: list[CellSt
 
     Raises KeyboardInterrupt once the running groups have stopped, when interrupted.
     """
-    ready = [g for g in groups if _resolve_models(runner, g, statuses)]
-    ready.sort(key=lambda g: _cost(runner, g), reverse=True)
+    ready = ready_groups(runner, groups, statuses)
     ctx = multiprocessing.get_context("spawn")
     events, stop = ctx.Queue(), ctx.Event()
     threads = runner.threads or max(1, (os.cpu_count() or 1) // runner.jobs)
     with _forwarding(events, runner), ProcessPoolExecutor(
             max_workers=min(runner.jobs, len(ready)) or 1, mp_context=ctx, initializer=_init_worker,
-            initargs=(events, stop, threads, _study_run(tracking))) as pool:
+            initargs=(events, stop, threads, study_run(tracking))) as pool:
         futures: dict[Future, Group] = {}
         try:
             with _ignoring_sigint():  # workers start with SIGINT ignored until a cell runs
@@ -109,9 +113,17 @@ def _ignoring_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+# -- shared with the Ray backend (tunelens.ray_backend) -------------------------------------------
+
+def ready_groups(runner: StudyRunner, groups: list[Group], statuses: list[CellStatus]) -> list[Group]:
+    """The groups whose base model could be had (built or found in the parent: zoo ladders are
+    built once, here), longest first so that a long group does not start last and leave the
+    other workers idle; a model that cannot be had fails its cells as the serial runner would."""
+    ready = [g for g in groups if _resolve_models(runner, g, statuses)]
+    return sorted(ready, key=lambda g: _cost(runner, g), reverse=True)
+
+
 def _resolve_models(runner: StudyRunner, group: Group, statuses: list[CellStatus]) -> bool:
-    """Build or find the group's base model in the parent (zoo ladders are built once, here);
-    a model that cannot be had fails its cells as the serial runner would."""
     cell = group[0][0]
     try:
         runner.model_path(cell.model)
@@ -119,9 +131,7 @@ def _resolve_models(runner: StudyRunner, group: Group, statuses: list[CellStatus
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded per cell, the other groups go on
-        for c, st in group:
-            runner.record_failure(c, st, exc)
-        runner.write_status(statuses)
+        fail_group(runner, group, statuses, exc)
         return False
 
 
@@ -135,24 +145,84 @@ def _cost(runner: StudyRunner, group: Group) -> float:
     return size * factor * (1 + 0.1 * len(group))
 
 
-def _collect(runner: StudyRunner, future: Future, group: Group, statuses: list[CellStatus],
-             interrupted: bool = False) -> bool:
+def fail_group(runner: StudyRunner, group: Group, statuses: list[CellStatus],
+               exc: BaseException) -> None:
+    """Every cell of a group that did not run (its worker died, or it was stopped) failed."""
+    for cell, st in group:
+        runner.record_failure(cell, st, exc)
+    runner.write_status(statuses)
+
+
+def merge_result(runner: StudyRunner, group: Group, result: GroupResult,
+                 statuses: list[CellStatus]) -> bool:
     """Merge a finished group into the study's statuses and timings; True if it was interrupted."""
-    try:
-        result: GroupResult = future.result()
-    except BrokenProcessPool:
-        why = ("interrupted" if interrupted else
-               "its worker process died (out of memory?); rerun to retry the cell")
-        for cell, st in group:
-            runner.record_failure(cell, st, RuntimeError(why))
-        runner.write_status(statuses)
-        return False
     for (_, st), done in zip(group, result.statuses, strict=True):
         st.status, st.error, st.stages, st.skipped = done.status, done.error, done.stages, done.skipped
     for stage, seconds in result.timings.items():
         runner.timings[stage] = runner.timings.get(stage, 0.0) + seconds
     runner.write_status(statuses)
     return result.interrupted
+
+
+def study_run(tracking: TrackingConfig | None) -> tuple[str, str] | None:
+    """(store URI, run id) of the parent's study run, for workers to nest their runs under."""
+    if tracking is None or not tracking.enabled or not tracking.uri:
+        return None
+    import mlflow
+
+    run = mlflow.active_run()
+    return (tracking.uri, run.info.run_id) if run is not None else None
+
+
+def prepare_worker(threads: int, study_run: tuple[str, str] | None,
+                   stop: Callable[[], bool] | None = None) -> None:
+    """In a worker, before its first cell: quiet the libraries as the CLI does (warning filters
+    and logger levels do not cross a spawn), set torch's threads, let a training poll ``stop``
+    (checkpoint and stop), nest training runs under the study's MLflow run."""
+    from tunelens.runtime import quiet_libraries, set_threads
+
+    quiet_libraries()
+    set_threads(threads)
+    if stop is not None:
+        from tunelens.train import callbacks
+
+        callbacks.external_stop = stop
+    if study_run is not None:
+        from tunelens.train.tracking import adopt_study_run
+
+        adopt_study_run(*study_run)
+
+
+def run_group(state: dict, group: Group, tracking: TrackingConfig | None,
+              send: Callable[[str, str, str], None]) -> GroupResult:
+    """Run one group's cells in order, as the serial runner does, reporting progress to ``send``;
+    never raise (a worker that raised would lose the statuses of the cells it finished)."""
+    from tunelens.study import StudyRunner
+
+    runner = StudyRunner.for_worker(state, on_event=send)
+    interrupted = False
+    with runner.interrupts:
+        try:
+            for cell, st in group:
+                runner.run_one(cell, st, tracking)
+        except KeyboardInterrupt:
+            interrupted = True
+    return GroupResult([st for _, st in group], runner.timings, interrupted)
+
+
+# -- the local backend ---------------------------------------------------------------------------
+
+def _collect(runner: StudyRunner, future: Future, group: Group, statuses: list[CellStatus],
+             interrupted: bool = False) -> bool:
+    """Merge a finished group; a broken pool fails its cells. True if it was interrupted."""
+    try:
+        result: GroupResult = future.result()
+    except BrokenProcessPool:
+        why = ("interrupted" if interrupted else
+               "its worker process died (out of memory?); rerun to retry the cell")
+        fail_group(runner, group, statuses, RuntimeError(why))
+        return False
+    return merge_result(runner, group, result, statuses)
 
 
 @contextlib.contextmanager
@@ -172,16 +242,6 @@ def _forwarding(events, runner: StudyRunner) -> Iterator[None]:
         thread.join(timeout=10)
 
 
-def _study_run(tracking: TrackingConfig | None) -> tuple[str, str] | None:
-    """(store URI, run id) of the parent's study run, for workers to nest their runs under."""
-    if tracking is None or not tracking.enabled or not tracking.uri:
-        return None
-    import mlflow
-
-    run = mlflow.active_run()
-    return (tracking.uri, run.info.run_id) if run is not None else None
-
-
 # -- in the worker process ---------------------------------------------------------------------
 
 _EVENTS = None
@@ -189,23 +249,13 @@ _STOP = None
 
 
 def _init_worker(events, stop, threads: int, study_run: tuple[str, str] | None) -> None:
-    """Once per worker: die with the parent, ignore Ctrl-C while idle, quiet the libraries as the
-    CLI does, set torch's threads, nest training runs under the study's MLflow run."""
+    """Once per worker: die with the parent, ignore Ctrl-C while idle, then as every backend's
+    worker (:func:`prepare_worker`), a parent stopped alone stopping its trainings."""
     global _EVENTS, _STOP
     _EVENTS, _STOP = events, stop
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from tunelens.runtime import quiet_libraries, set_threads
-
-    quiet_libraries()  # warning filters and logger levels do not cross a spawn
-    set_threads(threads)
-    from tunelens.train import callbacks
-
-    callbacks.external_stop = stop.is_set  # a parent stopped alone: training checkpoints, stops
-    if study_run is not None:
-        from tunelens.train.tracking import adopt_study_run
-
-        adopt_study_run(*study_run)
+    prepare_worker(threads, study_run, stop.is_set)
 
 
 def _die_with_parent() -> None:
@@ -226,16 +276,4 @@ def _send(cell: str, stage: str, state: str) -> None:
 
 
 def _run_group(state: dict, group: Group, tracking: TrackingConfig | None) -> GroupResult:
-    """Run one group's cells in order, as the serial runner does; never raise (a worker that
-    raised would lose the statuses of the cells it finished)."""
-    from tunelens.study import StudyRunner
-
-    runner = StudyRunner.for_worker(state, on_event=_send)
-    interrupted = False
-    with runner.interrupts:
-        try:
-            for cell, st in group:
-                runner.run_one(cell, st, tracking)
-        except KeyboardInterrupt:
-            interrupted = True
-    return GroupResult([st for _, st in group], runner.timings, interrupted)
+    return run_group(state, group, tracking, _send)

@@ -57,6 +57,9 @@ from tunelens.matrix import (
 from tunelens.train.grpo_settings import GRPO
 
 STAGES = ("train", "generate", "evaluate", "explain")
+# Where a study's cells run (``tunelens run --backend``); every backend writes the same folder.
+BACKENDS = {"local": "this machine: one process, or --jobs worker processes (tunelens.parallel)",
+            "ray": "tasks on a Ray cluster, one per training group (tunelens.ray_backend)"}
 # How a base model is loaded and prompted: part of what a training is (its stamp).
 MODEL_SETTINGS = {"dtype", "trust_remote_code", "prompt_format"}
 # What the bundled dataset is generated from: its stamp hashes this folder's content.
@@ -146,6 +149,9 @@ class StudyRunner:
     origin: str = "study"
     jobs: int = 1  # cells in parallel worker processes (tunelens.parallel)
     threads: int | None = None  # torch threads per worker; default: the cores shared out
+    backend: str = "local"  # or "ray": the cells as tasks on a Ray cluster (tunelens.ray_backend)
+    address: str | None = None  # the Ray cluster's; None: RAY_ADDRESS, else a new local one
+    explain_shards: int = 1  # a cell's attribution split over this many workers (explain.shard)
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -159,15 +165,20 @@ class StudyRunner:
     def worker_state(self, group: list) -> dict:
         """What a worker process needs to run ``group`` as this runner would (picklable)."""
         models = {cell.model.name for cell, _ in group}
-        return {"study": self.study, "out": self.out, "zoo_root": self.zoo_root,
-                "origin": self.origin,
-                "model_paths": {k: v for k, v in self._model_paths.items() if k in models}}
+        # absolute: a Ray worker does not share this process's working folder
+        return {"study": self.study, "out": self.out.absolute(),
+                "zoo_root": Path(self.zoo_root).absolute(), "origin": self.origin,
+                "backend": self.backend, "address": self.address, "threads": self.threads,
+                "explain_shards": self.explain_shards,
+                "model_paths": {k: str(Path(v).absolute()) if Path(v).exists() else v
+                                for k, v in self._model_paths.items() if k in models}}
 
     @classmethod
     def for_worker(cls, state: dict, on_event: Callable[[str, str, str], None]) -> StudyRunner:
         """The runner inside a worker process, with the base models the parent resolved."""
         runner = cls(state["study"], state["out"], zoo_root=state["zoo_root"], on_event=on_event,
-                     origin=state["origin"])
+                     origin=state["origin"], backend=state["backend"], address=state["address"],
+                     threads=state["threads"], explain_shards=state["explain_shards"])
         runner._model_paths.update(state["model_paths"])
         return runner
 
@@ -245,7 +256,7 @@ class StudyRunner:
 
     # -- one cell --------------------------------------------------------------------------------
 
-    def _stage(self, cell: Cell, status: CellStatus, name: str, output: Path,
+    def run_stage(self, cell: Cell, status: CellStatus, name: str, output: Path,
                stamp_of: Callable[[], str], fn: Callable[[], object]) -> None:
         """Run one stage of a cell unless its output exists with the stamp of its current inputs.
 
@@ -267,7 +278,6 @@ class StudyRunner:
 
     def run_cell(self, cell: Cell, status: CellStatus, tracking: TrackingConfig | None) -> None:
         from tunelens.evaluate import evaluate
-        from tunelens.explain import explain_run
         from tunelens.infer.generate import generate_predictions
 
         s, run, layout = self.study, cell.identity, self.layout
@@ -277,7 +287,7 @@ class StudyRunner:
         metrics, attr = layout.metrics(run), layout.attributions(run)
         rag = layout.rag if cell.identity.rag else None  # built by rag_index() before the cells
         test = layout.split("test")
-        stage = self._stage
+        stage = self.run_stage
         stage(cell, status, "train", layout.run_json(run),
               lambda: self._train_stamp(cell, base),
               lambda: self._train(cell, base, model_dir, tracking))
@@ -293,7 +303,24 @@ class StudyRunner:
               lambda: fingerprint("evaluate", s.evaluation.model_dump(mode="json"), files=[pred]),
               lambda: evaluate(pred, metrics, config=s.evaluation, progress=False))
         stage(cell, status, "explain", attr, lambda: explain_stamp(expl, model_dir, pred),
-              lambda: explain_run(str(model_dir), pred, attr, config=expl, progress=False))
+              lambda: self._explain(model_dir, pred, attr, expl))
+        from tunelens.explain.check_stages import run_checks  # each only when switched on
+
+        run_checks(self, cell, status, base, expl.seed)
+
+    def _explain(self, model_dir: Path, pred: Path, attr: Path, config: ExplanationConfig) -> None:
+        """A cell's attribution: in this process, or split over ``explain_shards`` workers of the
+        study's backend (the same parquet: :mod:`tunelens.explain.shard`)."""
+        if self.explain_shards > 1:
+            from tunelens.explain.shard import explain_sharded
+
+            explain_sharded(str(model_dir), pred, attr, config, self.explain_shards,
+                            backend=self.backend, address=self.address, threads=self.threads,
+                            progress=False)
+            return
+        from tunelens.explain import explain_run
+
+        explain_run(str(model_dir), pred, attr, config=config, progress=False)
 
     def _train_stamp(self, cell: Cell, base: str) -> str:
         local = Path(base).exists()  # a local model is known by its content, a hub id by its name
@@ -354,13 +381,18 @@ class StudyRunner:
             if spec.dtype != "auto":  # auto is known only once the checkpoint's config is read
                 check_dtype(spec.dtype, f"{self.origin}: models.{i}.dtype")
         check_study_folder(self.layout)
+        if self.backend == "ray":  # connects; a cell no node can hold is refused here
+            from tunelens.ray_backend import check_cluster
+
+            check_cluster(self, cells)
         return cells
 
     def run(self) -> list[CellStatus]:
         """Run every cell; return their statuses (a failing cell is recorded, the rest go on).
 
         Everything that can be checked without work is checked before anything is written.
-        With ``jobs`` > 1 the cells run in worker processes (:mod:`tunelens.parallel`).
+        With ``jobs`` > 1 the cells run in worker processes (:mod:`tunelens.parallel`), with
+        ``backend`` "ray" as tasks on a Ray cluster (:mod:`tunelens.ray_backend`).
         Raises KeyboardInterrupt when interrupted (rerun to resume).
         """
         from tunelens.train.tracking import track_study
@@ -379,17 +411,26 @@ class StudyRunner:
             groups = training_groups(cells, statuses)
             try:
                 with track_study(self.study, self.layout) as tracking:
-                    if self.jobs > 1 and len(groups) > 1:
-                        from tunelens.parallel import run_parallel
-
-                        run_parallel(self, groups, statuses, tracking)
-                    else:
-                        self._run_serial(groups, statuses, tracking)
+                    self._run_groups(groups, statuses, tracking)
                 self._finish(statuses)
             finally:
                 self.wall_seconds = time.perf_counter() - started
                 self.write_status(statuses)
         return statuses
+
+    def _run_groups(self, groups: list[list[tuple[Cell, CellStatus]]], statuses: list[CellStatus],
+                    tracking: TrackingConfig | None) -> None:
+        """The cells on the chosen backend: Ray tasks, local worker processes, or this process."""
+        if self.backend == "ray":
+            from tunelens.ray_backend import run_on_ray
+
+            run_on_ray(self, groups, statuses, tracking)
+        elif self.jobs > 1 and len(groups) > 1:
+            from tunelens.parallel import run_parallel
+
+            run_parallel(self, groups, statuses, tracking)
+        else:
+            self._run_serial(groups, statuses, tracking)
 
     def _run_serial(self, groups: list[list[tuple[Cell, CellStatus]]], statuses: list[CellStatus],
                     tracking: TrackingConfig | None) -> None:
@@ -440,6 +481,7 @@ class StudyRunner:
             "cells": [st.to_dict() for st in statuses],
             "stage_seconds": {k: round(v, 2) for k, v in self.timings.items()},
             "jobs": self.jobs,
+            "backend": self.backend,
             "wall_seconds": None if self.wall_seconds is None else round(self.wall_seconds, 2),
         })
 

@@ -14,6 +14,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunelens.errors import TunelensError
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="tunelens", standalone_mode=False)
     except TunelensError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (pip install 'tunelens[scale]') rich reads as markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, typer.Abort):
         code = EXIT_INTERRUPTED

@@ -47,25 +47,48 @@ def explain_cmd(
     trust_remote_code: bool = opt.trust_remote_code_option(trained=False),
     prompt_format: str = opt.prompt_format_option(trained=False),
     threads: int = opt.threads_option(),
+    shards: int = typer.Option(1, "--shards", min=1, help="Split the examples over this many "
+                               "workers (each loads the model; --threads each) and merge their "
+                               "parquet files in order: the same output as one worker."),
+    backend: str = typer.Option("local", "--backend", help="Where --shards run: local (worker "
+                                "processes) or ray (tasks on a Ray cluster; pip install ray)."),
+    address: str = typer.Option(None, "--address", help="The Ray cluster (--backend ray): auto, "
+                                "ray://HOST:10001 or HOST:6379; default $RAY_ADDRESS, else a "
+                                "new local one."),
 ) -> None:
     """Attribute each example's target to the tokens of its clause (batched perturbations);
-    resumable: rerunning after an interruption skips the finished examples."""
+    resumable: rerunning after an interruption skips the finished examples (and shards)."""
+    from tunelens.ray_backend import check_backend
+
     opt.check_choice(method, METHODS, "--method")
     opt.check_choice(granularity, GRANULARITIES, "--granularity")
     opt.check_choice(baseline, BASELINES, "--baseline")
     opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     check_writable(out, "file")
+    check_backend(backend, address)
     cfg = override(opt.section(config, "explanation"), origin="explain", method=method,
                    granularity=granularity, baseline=baseline, target=target, n_samples=n_samples,
                    max_examples=max_examples, batch_size=batch_size,
                    memory_budget_mb=memory_budget_mb, seed=seed, heatmap=heatmap)
     opt.set_threads(threads)
+    settings = {"dtype": dtype, "trust_remote_code": trust_remote_code,
+                "prompt_format": prompt_format}
+    _print_explained(out, _explain(model, data, out, cfg, settings, shards, backend, address,
+                                   threads))
+
+
+def _explain(model: str, data: Path, out: Path, cfg, settings: dict, shards: int, backend: str,
+             address: str | None, threads: int | None) -> dict:
+    """One process, or the examples split over ``shards`` workers of ``backend``."""
+    if shards > 1 or backend == "ray":
+        from tunelens.explain.shard import explain_sharded
+
+        return explain_sharded(model, data, out, cfg, shards, backend=backend, address=address,
+                               threads=threads, **settings)
     from tunelens.explain import explain_run
 
-    _print_explained(out, explain_run(model, data, out, cfg, dtype=dtype,
-                                      trust_remote_code=trust_remote_code,
-                                      prompt_format=prompt_format))
+    return explain_run(model, data, out, cfg, **settings)
 
 
 def _print_explained(out: Path, summary: dict) -> None:

@@ -18,6 +18,16 @@ MEMORY_HELP = ("Memory a training may use, in GB; a study with a cell estimated 
 JOBS_HELP = ("Cells run in this many worker processes at once (cells sharing a training run "
              "together); zoo models, data and the report stay in the main process. Each worker "
              "holds one model: mind the memory with real models.")
+BACKEND_HELP = ("Where the cells run: local (this machine; --jobs N worker processes) or ray "
+                "(tasks on a Ray cluster, each asking for --threads CPUs, a GPU if the cluster has "
+                "one and its estimated training memory; needs pip install 'tunelens[scale]' and "
+                "the study folder on storage every node sees; --memory-gb, when given, is what "
+                "one cell may use, e.g. a GPU's memory). Either resumes the other's study.")
+ADDRESS_HELP = ("The Ray cluster (--backend ray): auto (the one this machine belongs to), "
+                "ray://HOST:10001 (Ray client) or HOST:6379 (the head's GCS). Default: "
+                "$RAY_ADDRESS, else a new local cluster for this run.")
+SHARDS_HELP = ("Split each cell's attribution (the explain stage) over this many workers of "
+               "the backend: processes here, tasks on Ray; the same parquet as one worker.")
 EXIT_CODES_HELP = ("Exit codes: 0 every cell ran; 1 some cells failed (listed on stderr, "
                    "tracebacks in <out>/logs/); 2 bad input, or the study folder is in use by "
                    "another run; 130 interrupted (rerun the same command to resume).")
@@ -197,15 +207,30 @@ def run_cmd(
     threads: int = threads_option(),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
     memory_gb: float = typer.Option(None, "--memory-gb", min=0.1, help=MEMORY_HELP),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    explain_shards: int = typer.Option(1, "--explain-shards", min=1, help=SHARDS_HELP),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
     report. A stage is skipped when its output exists and the content of everything it reads,
     and its settings, are unchanged, so an interrupted study resumes where it stopped."""
     from tunelens.config import load_study
 
+    _check_backend(backend, address, jobs)
     study = load_study(existing(study_file))
     _run_study(study, out or Path("studies") / study.name, dry_run, zoo, threads, str(study_file),
-               jobs, memory_gb)
+               jobs, memory_gb, backend, address, explain_shards)
+
+
+def _check_backend(backend: str, address: str | None, jobs: int) -> None:
+    """--jobs is the local backend's: refused with Ray rather than ignored."""
+    from tunelens.errors import TunelensError
+    from tunelens.ray_backend import check_backend
+
+    if backend == "ray" and jobs > 1:
+        raise TunelensError("--jobs is the local backend's: on Ray as many cells run at once as "
+                            "the cluster's CPUs, GPUs and memory allow")
+    check_backend(backend, address)
 
 
 @app.command("demo", epilog=EXIT_CODES_HELP)
@@ -231,7 +256,9 @@ def demo_cmd(
 
 
 def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int | None,
-               origin: str, jobs: int = 1, memory_gb: float | None = None) -> None:
+               origin: str, jobs: int = 1, memory_gb: float | None = None,
+               backend: str = "local", address: str | None = None,
+               explain_shards: int = 1) -> None:
     """Print the matrix; unless a dry run, run the study in a live view and print how it went.
 
     Exits 1 when some cells failed; a KeyboardInterrupt goes up to become exit code 130.
@@ -262,11 +289,15 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
         console.print("estimate: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in est.items()))
         console.print(f"memory: {budget:.1f} GB available on the {device}"
                       + ("" if memory_gb is None else " (--memory-gb)"))
-    check_budget([(c.name, memory.get(c.train_name)) for c in cells], budget, origin, jobs)
+    if backend == "local" or memory_gb is not None:  # on Ray, a node's RAM is Ray's to check;
+        # a GPU's is not, so --memory-gb states it (each cell gets a GPU of its own)
+        check_budget([(c.name, memory.get(c.train_name)) for c in cells], budget, origin,
+                     jobs if backend == "local" else 1)
     if dry_run:
         return
     set_threads(threads)
-    runner = StudyRunner(study, out, zoo_root=zoo_root, origin=origin, jobs=jobs, threads=threads)
+    runner = StudyRunner(study, out, zoo_root=zoo_root, origin=origin, jobs=jobs, threads=threads,
+                         backend=backend, address=address, explain_shards=explain_shards)
     runner.check()  # a bad model path or --out fails here, before the live view starts
     with _StudyView(len(cells) * len(STAGES)) as view:
         runner.on_event = view.update
@@ -298,8 +329,9 @@ def _time_floor(memory: dict, study, threads: int | None) -> dict[str, str]:
 
 def _print_timings(runner) -> None:
     """Seconds per stage; with parallel jobs their sum exceeds the wall clock, shown apart."""
-    title = "time per stage (seconds" + (f", summed over {runner.jobs} workers)" if runner.jobs > 1
-                                         else ")")
+    title = "time per stage (seconds" + (", summed over the Ray tasks)" if runner.backend == "ray"
+                                         else f", summed over {runner.jobs} workers)"
+                                         if runner.jobs > 1 else ")")
     summary = _table(title, ("stage", "seconds"), right_from=1)
     for stage, secs in runner.timings.items():
         summary.add_row(stage, f"{secs:.1f}")

@@ -115,7 +115,7 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
     ``baseline`` removes features (default: the attributions' own); ``seed`` seeds the random
     reference ranking (per example, with its id) and the ``sample`` baseline.
     """
-    from tunelens.explain.run import _loaded, _placed, read_examples
+    from tunelens.explain.run import load_for_explain, placed_prompt, read_examples
     from tunelens.explain.scorer import Scorer
     from tunelens.models.run_settings import ModelSettings
 
@@ -125,7 +125,7 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
     scored = read_attributions([Path(p) for p in attributions])
     removal = pick_baseline(scored, baseline)
     kinds = sorted({kind for kind, _ in scored})
-    # ``delete`` resolves for every tokenizer: _loaded's baseline is not the one used here
+    # ``delete`` resolves for every tokenizer: load_for_explain's baseline is not the one used here
     config = ExplanationConfig(target="both" if len(kinds) > 1 else kinds[0], max_examples=None,
                                baseline="delete")
     examples = [ex for ex in read_examples(Path(data), config)[0] if (ex["kind"], ex["example_id"]) in scored]
@@ -133,7 +133,7 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
         raise TunelensError(f"{len(scored) - len(examples)} attributed example(s) are not in {data} "
                             "(attributions of another data file?)")
     settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
-    llm, tokenizer, fmt, _ = _loaded(str(model), settings, config)
+    llm, tokenizer, fmt, _ = load_for_explain(str(model), settings, config)
     settings = replace(settings, prompt_format=fmt)
     scorer = Scorer(llm, batch_size=batch_size, memory_budget_mb=memory_budget_mb or config.memory_budget_mb)
     records, per_method = [], {}
@@ -141,7 +141,7 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
     with item_bar(progress) as bar:
         task = bar.add_task(f"faithfulness ({Path(str(model)).name})", total=len(examples))
         for ex in examples:
-            rendered, lo = _placed(tokenizer, {**ex, "settings": settings})
+            rendered, lo = placed_prompt(tokenizer, {**ex, "settings": settings})
             granularity, got = _measure(llm, tokenizer, scorer, ex, scored[(ex["kind"], ex["example_id"])],
                                         rendered, lo, removal, fractions=fractions, points=points, seed=seed)
             for name, result in got.items():
@@ -161,13 +161,13 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
 def _measure(llm, tokenizer, scorer, ex: dict, entry: dict, rendered: str, lo: int, removal: str,
              **settings) -> tuple[str, dict]:
     """(granularity, {method: Faithfulness}) of one example, the random reference included."""
-    from tunelens.explain.run import _stable_int
+    from tunelens.explain.run import stable_seed
 
     granularity, spans = matching_features(tokenizer, rendered, lo, ex["clause"], entry["spans"])
     if not granularity:
         raise TunelensError(f"example {ex['example_id']}: the attributions' features match no token, "
                             "word or span split of its clause (another model or data?)")
-    seeds = [settings.pop("seed"), _stable_int(ex["example_id"])]
+    seeds = [settings.pop("seed"), stable_seed(ex["example_id"])]
     try:
         return granularity, faithfulness(llm, tokenizer, rendered, ex["target"], entry["scores"],
                                          granularity=granularity, baseline=removal, spans=spans,

@@ -75,7 +75,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
     stamp = _fingerprint(model, data, config, settings)
     done = _resume(sidecar, stamp)
-    llm, tokenizer, fmt, baseline = _loaded(str(model), settings, config)
+    llm, tokenizer, fmt, baseline = load_for_explain(str(model), settings, config)
     todo = [ex for ex in examples if _key(ex) not in done]
     start = time.perf_counter()
     with item_bar(progress) as bar, _append(sidecar, stamp, fresh=not done) as log, \
@@ -118,7 +118,7 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     }
 
 
-def _loaded(model: str, settings: ModelSettings, config: ExplanationConfig) -> tuple:
+def load_for_explain(model: str, settings: ModelSettings, config: ExplanationConfig) -> tuple:
     """(model on its device, tokenizer, prompt format, baseline) as this run will use them."""
     from tunelens.models.loading import load_for_inference, place_on_device
     from tunelens.models.run_settings import resolve_prompt_format
@@ -200,7 +200,7 @@ def explain_example(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict
     from tunelens.data.compliance.categories import category_at, tag
 
     clause = ex["clause"]
-    rendered, lo = _placed(tokenizer, ex)
+    rendered, lo = placed_prompt(tokenizer, ex)
     _check_fits(llm, tokenizer, ex)
     tags = tag(clause)
     spans = [[(s.start + lo, s.end + lo) for s in tags]] if config.granularity == "span" else None
@@ -212,7 +212,7 @@ def explain_example(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict
             llm, tokenizer, [rendered], [ex["target"]], method=config.method,
             granularity=config.granularity, baseline=config.baseline, spans=spans,
             feature_window=(lo, lo + len(clause)), n_samples=config.n_samples,
-            seed=[config.seed, _stable_int(ex["example_id"])], batch_size=config.batch_size,
+            seed=[config.seed, stable_seed(ex["example_id"])], batch_size=config.batch_size,
             per_target=False, baseline_trials=config.baseline_trials,
             memory_budget_mb=config.memory_budget_mb, reuse_prefix=config.reuse_prefix,
         )[0]
@@ -234,7 +234,7 @@ def explain_example(llm, tokenizer, ex: dict, config: ExplanationConfig) -> dict
     return record
 
 
-def _placed(tokenizer, ex: dict) -> tuple[str, int]:
+def placed_prompt(tokenizer, ex: dict) -> tuple[str, int]:
     """The prompt the model saw (the predictions' own, else the run's prompt: format,
     instruction, few-shot examples) and where the clause starts."""
     from tunelens.models.run_settings import ModelSettings
@@ -290,7 +290,8 @@ def _fingerprint(model: str, data: Path, config: ExplanationConfig, settings: Mo
                        None if sources else str(model), files=[*sources, data])
 
 
-def _stable_int(text: str) -> int:
+def stable_seed(text: str) -> int:
+    """A seed from an example id that is the same in every process (``hash`` is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 

@@ -170,7 +170,7 @@ def load_for_inference(model: str, quantization=None, *, dtype: str | None = Non
         from tunelens.config import QuantConfig
 
         quantization = QuantConfig(**info.get("quantization", {}))
-    base = _adapter_base(folder, info)
+    base = adapter_base(folder, info)
     _, local_only, config = _checked_config(base, trust_remote_code)
     kwargs = _load_kwargs(base, dtype, quantization, None, trust_remote_code, local_only, config)
     with _load_errors(base, config):
@@ -192,7 +192,7 @@ def model_sources(model: str) -> list[Path]:
     if untrained is not None and Path(untrained).is_dir():
         sources.append(Path(untrained))
     if (folder / "adapter_config.json").is_file():
-        base = Path(_adapter_base(folder, _run_info(folder))).expanduser()
+        base = Path(adapter_base(folder, _run_info(folder))).expanduser()
         if base.is_dir():
             sources.append(base)
     return sources
@@ -223,7 +223,7 @@ def _run_info(folder: Path) -> dict:
     return info
 
 
-def _adapter_base(folder: Path, info: dict) -> str:
+def adapter_base(folder: Path, info: dict) -> str:
     """The base model an adapter names, checked to be there before peft tries to load it."""
     from tunelens.io import read_json
 

@@ -21,6 +21,7 @@ from tunelens.explain.heatmap import legend
 from tunelens.io import write_text
 from tunelens.layout import RunIdentity, StudyLayout
 from tunelens.report import figures, tables, targets
+from tunelens.report.checks import sections as check_sections
 from tunelens.report.findings import digest
 from tunelens.report.html import data_uri, render
 from tunelens.report.rewards import section as rewards_section
@@ -87,6 +88,7 @@ def write_report(study_dir: Path, config: ReportConfig | None = None, out: Path 
         "failures": stats["runs"]["failures"],
         "tuning": tuning_section(layout.study_yaml),
         "rewards": rewards_section(layout, cfg.dpi),
+        "checks": check_sections(layout, cfg.dpi),
     }
     out = Path(out) if out is not None else layout.report
     write_text(out, render(context))

@@ -28,7 +28,7 @@ PALETTE = ["#268bd2", "#dc322f", "#859900", "#b58900", "#6c71c4", "#2aa198", "#c
 MIN_TICK_GAP = 0.16
 
 
-def _save(fig: Figure, path: Path, dpi: int) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
@@ -82,7 +82,7 @@ def concentration(stats: dict, path: Path, dpi: int) -> Path | None:
                    for j in range(len(models))]
         fig.legend(handles, models, title="model", loc="upper center", ncol=len(models),
                    bbox_to_anchor=(0.5, 1.08), frameon=False, fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def categories(stats: dict, path: Path, dpi: int) -> Path | None:
@@ -113,7 +113,7 @@ def categories(stats: dict, path: Path, dpi: int) -> Path | None:
                    frameon=False, fontsize=8)
     if enriched:  # the legend sits between the share panels and the enrichment panel
         fig.subplots_adjust(wspace=0.65)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _enrichment_panel(ax, shares: dict) -> None:
@@ -138,7 +138,7 @@ def _enrichment_panel(ax, shares: dict) -> None:
 def scale(stats: dict, metrics: list[str], path: Path, dpi: int) -> Path | None:
     """Metric against parameter count (log x): points with intervals, the fit, the plateau."""
     fig = scale_figure(stats, metrics)
-    return None if fig is None else _save(fig, path, dpi)
+    return None if fig is None else save_figure(fig, path, dpi)
 
 
 def scale_figure(stats: dict, metrics: list[str]) -> Figure | None:
@@ -227,7 +227,7 @@ def agreement(stats: dict, path: Path, dpi: int) -> Path | None:
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if abs(m[i, j]) > 0.6 else "black")
     fig.colorbar(im, ax=ax, label="mean Spearman ρ", shrink=0.8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def training(stats: dict, path: Path, dpi: int) -> Path | None:
@@ -246,7 +246,7 @@ def training(stats: dict, path: Path, dpi: int) -> Path | None:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _size_label(model: str, params: float | None) -> str:

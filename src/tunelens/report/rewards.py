@@ -18,11 +18,13 @@ from matplotlib.figure import Figure
 from tunelens.format import number
 from tunelens.io import read_json
 from tunelens.layout import StudyLayout
-from tunelens.report.figures import PALETTE, _save
+from tunelens.report.figures import PALETTE, save_figure
 
 FIGURE = "rewards.png"
 PANELS = (("reward", "weighted reward"), ("parses", "parses"), ("fields", "fields match"),
-          ("verdicts", "verdicts agree"), ("length", "length penalty"), ("kl", "KL to the start"))
+          ("verdicts", "verdicts agree"), ("exact", "all designs agree"), ("length", "length penalty"),
+          ("kl", "KL to the start"))
+COLUMNS = PANELS[:-1]  # the table's: the rewards (the KL is in the figure only)
 
 
 def curves(layout: StudyLayout) -> dict[str, list[dict]]:
@@ -46,8 +48,11 @@ def draw(runs: dict[str, list[dict]], path: Path, dpi: int) -> Path | None:
     if not runs:
         Path(path).unlink(missing_ok=True)  # a figure from an earlier state must not linger
         return None
-    fig = Figure(figsize=(10, 5.6))
-    axes = fig.subplots(2, 3).ravel()
+    fig = Figure(figsize=(12, 5.6))
+    grid = fig.subplots(2, 4).ravel()
+    axes = grid[:len(PANELS)]
+    for ax in grid[len(PANELS):]:
+        ax.set_axis_off()
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for i, (name, rows) in enumerate(runs.items()):
             points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
@@ -55,11 +60,11 @@ def draw(runs: dict[str, list[dict]], path: Path, dpi: int) -> Path | None:
                 ax.plot(*zip(*points, strict=True), color=PALETTE[i % len(PALETTE)], lw=1.1, label=name)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes[3:]:
+    for ax in axes[4:]:
         ax.set_xlabel("GRPO step")
-    axes[2].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axes[3].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    return _save(fig, Path(path), dpi)
+    return save_figure(fig, Path(path), dpi)
 
 
 def _ends(rows: list[dict], key: str) -> tuple[float | None, float | None]:
@@ -75,7 +80,7 @@ def table(runs: dict[str, list[dict]]) -> list[dict]:
     out = []
     for name, rows in runs.items():
         cells = []
-        for key, _ in PANELS[:5]:
+        for key, _ in COLUMNS:
             first, last = _ends(rows, key)
             cells.append(f"{number(first)} → {number(last)}")
         out.append({"name": name, "steps": len(rows), "cells": cells})
@@ -90,4 +95,4 @@ def section(layout: StudyLayout, dpi: int) -> dict | None:
     path = draw(runs, layout.figures / FIGURE, dpi)
     if path is None:
         return None
-    return {"columns": [title for _, title in PANELS[:5]], "rows": table(runs), "figure": data_uri(path)}
+    return {"columns": [title for _, title in COLUMNS], "rows": table(runs), "figure": data_uri(path)}

@@ -183,7 +183,7 @@ def _finished(folder: Path, key: str) -> bool:
 
 def load_policy(start: Start, inputs: RunInputs):
     """(model, tokenizer): the start with what it trained trainable again."""
-    from tunelens.models.loading import _adapter_base
+    from tunelens.models.loading import adapter_base
 
     spec = start.spec(inputs.config)
     dtype, remote = inputs.settings.dtype, inputs.settings.trust_remote_code
@@ -192,7 +192,7 @@ def load_policy(start: Start, inputs: RunInputs):
         return apply_strategy(model, spec), tokenizer
     from peft import PeftModel
 
-    base, tokenizer = load_base(_adapter_base(start.folder, start.info), spec, dtype, remote)
+    base, tokenizer = load_base(adapter_base(start.folder, start.info), spec, dtype, remote)
     if spec.quantization is not None:  # qlora: the 4-bit base prepared as the SFT stage had it
         from peft import prepare_model_for_kbit_training
 
