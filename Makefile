@@ -28,8 +28,12 @@ browser:
 lint: setup
 	$(BIN)/ruff check --no-cache src tests benchmarks
 
+# One torch/BLAS thread per test worker and one worker per core (at most 4: each holds ~1.5 GB).
+# The thread limits are set before Python starts: a BLAS pool made before conftest.py runs would
+# keep one thread per core in every worker, and spin-waiting threads make a busy machine crawl.
 test: setup browser lint
-	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
+	  $(BIN)/pytest -n auto --maxprocesses 4
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/tunelens demo --out demo-study
