@@ -257,7 +257,7 @@ class StudyRunner:
     # -- one cell --------------------------------------------------------------------------------
 
     def run_stage(self, cell: Cell, status: CellStatus, name: str, output: Path,
-               stamp_of: Callable[[], str], fn: Callable[[], object]) -> None:
+                  stamp_of: Callable[[], str], fn: Callable[[], object]) -> None:
         """Run one stage of a cell unless its output exists with the stamp of its current inputs.
 
         The stamp is computed just before the stage, from the content of its inputs as they are

@@ -29,6 +29,7 @@ MIN_TICK_GAP = 0.16
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
+    """Write ``fig`` as a PNG atomically: a report never links a half-written figure."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
