@@ -120,3 +120,18 @@ def test_compare_study_uses_every_seed(tmp_path):
     floor = result["agreement"]["noise_floor"]
     assert floor["n_cells"] == 2 and floor["n_pairs"] == 6 and not floor["degenerate"]
     assert json.loads((study / "stats" / "tests.json").read_text())["family"] == family
+
+
+def test_a_seed_difference_without_noise_is_not_certain():
+    """Two seeds whose differences coincide (counts over the same examples often do) leave the t
+    statistic undefined; the exact sign-flip test is what remains: p = 2 / 2^n, not 0."""
+    from tunelens.compare.seeded import seed_test
+
+    a = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # per-seed means 2/3, 2/3
+    b = a - 0.5                                       # the same difference in every seed
+    assert seed_test(a, b, [0, 1], [0, 1]) == ("paired t-test on per-seed means", 0.5)
+    five = np.repeat(a[:1], 5, axis=0)
+    assert seed_test(five, five - 0.5, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4])[1] == 2 / 2**5
+    # unpaired (different seeds): the 6 splits of 2 + 2 per-seed means, the observed one extreme
+    assert seed_test(a, b, [0, 1], [2, 3]) == ("Welch t-test on per-seed means", 2 / 6)
+    assert seed_test(a, a, [0, 1], [0, 1])[1] == 1.0

@@ -27,6 +27,7 @@ noise; the caller then falls back to the example-level test, flagged ``single_se
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -45,21 +46,44 @@ def seeds_vary(matrices: dict[str, np.ndarray]) -> bool:
 
 
 def seed_test(a: np.ndarray, b: np.ndarray, seeds_a: list, seeds_b: list) -> tuple[str, float]:
-    """(test name, two-sided p) of per-seed means; paired when the seed values match."""
+    """(test name, two-sided p) of per-seed means; paired when the seed values match. Where the
+    seed-level values have no variance the t statistic is undefined, and the exact permutation
+    test gives the p (:func:`extreme_permutation_p`)."""
     ma, mb = a.mean(axis=1), b.mean(axis=1)
     seeds_a, seeds_b = ([-1 if s is None else s for s in x] for x in (seeds_a, seeds_b))
     matched = sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+    if matched:
+        order_a, order_b = np.argsort(seeds_a, kind="stable"), np.argsort(seeds_b, kind="stable")
+        ma, mb = ma[order_a], mb[order_b]
+        name, spread = "paired t-test on per-seed means", [ma - mb]
+    else:
+        name, spread = "Welch t-test on per-seed means", [ma, mb]
+    if all(_constant(x) for x in spread):  # no noise: identical arms, or a difference without any
+        same = np.isclose(ma.mean(), mb.mean(), rtol=0, atol=1e-12)
+        return name, 1.0 if same else extreme_permutation_p(len(ma), len(mb), matched)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if matched:
-            order_a, order_b = np.argsort(seeds_a, kind="stable"), np.argsort(seeds_b, kind="stable")
-            name, res = "paired t-test on per-seed means", stats.ttest_rel(ma[order_a], mb[order_b])
-        else:
-            name, res = "Welch t-test on per-seed means", stats.ttest_ind(ma, mb, equal_var=False)
+        res = stats.ttest_rel(ma, mb) if matched else stats.ttest_ind(ma, mb, equal_var=False)
     p = float(res.pvalue)
-    if not np.isfinite(p):  # no variance at all: identical arms, or a difference with no noise
-        p = 1.0 if ma.mean() == mb.mean() else 0.0
-    return name, p
+    return name, p if np.isfinite(p) else 1.0
+
+
+def _constant(x: np.ndarray) -> bool:
+    """No spread beyond float rounding (a mean over the same examples can differ in the last bit)."""
+    return bool(np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())))
+
+
+def extreme_permutation_p(n_a: int, n_b: int, paired: bool) -> float:
+    """Two-sided p of an exact permutation test whose observed arrangement is the most extreme.
+
+    Where the seed-level differences have no variance the t statistic is undefined (infinite),
+    and calling that p = 0 would make two seeds whose differences happen to coincide -- common
+    with counts such as a false-positive rate over the same examples -- a certain finding. The
+    exact test is what is left: paired, the 2^n sign flips of the per-seed differences (all of
+    one sign: p = 2 / 2^n, 0.5 for two seeds); unpaired, the C(n_a + n_b, n_a) splits of the
+    per-seed means into the two arms (p = 2 / C)."""
+    arrangements = 2.0**n_a if paired else float(math.comb(n_a + n_b, n_a))
+    return min(1.0, 2.0 / arrangements)
 
 
 def hierarchical_interval(a: np.ndarray, b: np.ndarray, samples: int, confidence: float,
