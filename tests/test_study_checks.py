@@ -101,6 +101,10 @@ def test_findings_name_the_best_and_worst_probe_kind_with_intervals():
     (text,) = robustness_findings(summary)
     assert text.startswith("Robustness: LoRA's rule stayed when a place was renamed in 90% [")
     assert "but followed a doubled number in only 50% [" in text and text.endswith("of 10 (1 run).")
+    # a kind with one scored probe (rate 0) is in the table, not in the sentence
+    data["probes"] += probes("section", [False])
+    (text,) = robustness_findings(robustness_summary([(run, data)]))
+    assert "section" not in text and "but followed a doubled number in only 50%" in text
 
 
 def test_checks_are_skipped_while_their_inputs_are_unchanged(study):

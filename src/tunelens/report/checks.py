@@ -137,12 +137,17 @@ def rate_text(row: dict) -> str:
     return share(row["rate"]) + (f" [{share(lo_hi[0])}, {share(lo_hi[1])}]" if lo_hi else "")
 
 
+MIN_PROBES = 5  # a kind is named in a sentence only with this many scored probes (the table has all)
+
+
 def robustness_findings(summary: dict[str, dict[str, dict]]) -> list[str]:
-    """Per strategy: the kind it handled best and the one it handled worst."""
+    """Per strategy: the kind it handled best and the one it handled worst, among the kinds with
+    at least ``MIN_PROBES`` scored probes (a rate of one probe would lead the sentence)."""
     found = []
     for arm, table in summary.items():
-        scored = sorted(((k, r) for k, r in table.items() if r["rate"] is not None),
-                        key=lambda kv: -kv[1]["rate"])
+        rated = [(k, r) for k, r in table.items() if r["rate"] is not None]
+        enough = [(k, r) for k, r in rated if r["n"] >= MIN_PROBES]
+        scored = sorted(enough or rated, key=lambda kv: -kv[1]["rate"])
         if not scored:
             moved = [f"{share(r['changed'])} of {k}" for k, r in table.items() if r["changed"] is not None]
             found.append(f"Robustness: no probe of {strategy_label(arm)} could be scored (none of its "
