@@ -10,11 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tunelens.chat_endpoint import api_base, chat_endpoint
 from tunelens.cli import main
 from tunelens.config import EvaluationConfig, JudgeConfig
 from tunelens.errors import TunelensError
 from tunelens.evaluate import evaluate, judge_config
-from tunelens.evaluate.judge import api_base, chat_endpoint, load_template, parse_reply
+from tunelens.evaluate.judge import load_template, parse_reply
 
 ROWS = [
     {"id": "a", "prompt": "Stair risers shall not exceed 178 mm.",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
 
+from tunelens.chat_endpoint import ChatEndpoint
 from tunelens.config import JudgeConfig
 from tunelens.errors import TunelensError
 
@@ -144,66 +145,22 @@ class Backend(Protocol):
     def complete(self, prompt: str, temperature: float) -> str: ...
 
 
-def api_base(url: str) -> str:
-    """The ``/v1`` base URL (what the OpenAI client wants) from a server root, its ``/v1`` base,
-    or the chat-completions endpoint itself."""
-    url = url.rstrip("/").removesuffix("/chat/completions")
-    return url if re.search(r"/v\d+$", url) else url + "/v1"
-
-
-def chat_endpoint(url: str) -> str:
-    """The chat-completions URL the judge posts to (named in every error)."""
-    return api_base(url) + "/chat/completions"
-
-
 class HttpBackend:
-    """Any OpenAI-compatible ``/v1/chat/completions`` server, through the ``openai`` client.
-
-    The client retries what is worth retrying — 429 rate limits, 408/409, 5xx, dropped
-    connections and timeouts — with exponential back-off that honours ``Retry-After``, so one
-    rate-limited request does not abort an evaluation; ``max_retries`` caps the re-tries of one
-    request. The API key is read from ``TUNELENS_JUDGE_API_KEY`` (local servers need none).
-    """
+    """Any OpenAI-compatible ``/v1/chat/completions`` server (:class:`~tunelens.chat_endpoint.ChatEndpoint`:
+    retries with back-off, one-line errors); the API key is read from ``TUNELENS_JUDGE_API_KEY``
+    (local servers need none)."""
 
     def __init__(self, url: str, model: str, timeout: float, max_tokens: int,
                  max_retries: int):
-        from openai import OpenAI
-
-        self.endpoint = chat_endpoint(url)
-        self.name = f"{model} at {self.endpoint}"
-        self.model, self.timeout, self.max_tokens = model, timeout, max_tokens
-        self.attempts = max_retries + 1
-        self._client = OpenAI(base_url=api_base(url), api_key=os.environ.get(API_KEY_ENV) or "none",
-                              max_retries=max_retries, timeout=timeout)
+        self._endpoint = ChatEndpoint(url, model, role="judge", api_key=os.environ.get(API_KEY_ENV),
+                                      timeout=timeout, max_tokens=max_tokens, max_retries=max_retries)
+        self.endpoint, self.name = self._endpoint.endpoint, self._endpoint.name
 
     def complete(self, prompt: str, temperature: float) -> str:
-        import openai
-
-        where = f"judge at {self.endpoint}"
-        tries = f"{self.attempts} attempt{'s' if self.attempts > 1 else ''}"
-        try:
-            reply = self._client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": prompt}],
-                temperature=temperature, max_tokens=self.max_tokens)
-        except openai.APITimeoutError:
-            raise TunelensError(f"{where}: no reply within {self.timeout:g} s (timeout), "
-                                f"{tries}") from None
-        except openai.APIConnectionError as exc:
-            raise TunelensError(f"{where}: cannot connect ({_first_line(exc.__cause__ or exc)}), "
-                                f"{tries}") from None
-        except openai.APIStatusError as exc:
-            raise TunelensError(f"{where}: HTTP {exc.status_code} "
-                                f"({_first_line(exc.response.text)[:200]})") from None
-        except openai.OpenAIError as exc:
-            raise TunelensError(f"{where}: {type(exc).__name__} ({_first_line(exc)})") from None
-        try:
-            content = reply.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            raise TunelensError(f"{where}: not an OpenAI-style chat completion reply") from None
-        return content if isinstance(content, str) else ""
+        return self._endpoint.chat(prompt, temperature=temperature)
 
     def close(self) -> None:
-        self._client.close()
+        self._endpoint.close()
 
 
 class LocalBackend:
@@ -245,11 +202,6 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
-
-
-def _first_line(obj) -> str:
-    text = str(obj).strip()
-    return text.splitlines()[0] if text else type(obj).__name__
 
 
 def enabled(config: JudgeConfig) -> bool:

@@ -18,6 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tunelens.chat_endpoint import ChatEndpoint
 from tunelens.errors import TunelensError
 
 
@@ -30,23 +31,19 @@ class Request:
 
 
 class EndpointGenerator:
-    """``/v1/chat/completions`` of any OpenAI-compatible server (module docstring)."""
+    """``/v1/chat/completions`` of any OpenAI-compatible server (module docstring), through
+    :class:`~tunelens.chat_endpoint.ChatEndpoint`, ``concurrency`` requests at a time."""
 
     def __init__(self, url: str, model: str, *, api_key_env: str | None, max_tokens: int,
                  timeout: float, retries: int, concurrency: int):
-        from openai import OpenAI
-
-        from tunelens.evaluate.judge import api_base, chat_endpoint
-
         key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not key:
             raise TunelensError(f"environment variable {api_key_env} (the API key) is not set")
-        self.endpoint = chat_endpoint(url)
-        self.name = f"{model} at {self.endpoint}"
-        self.model, self.max_tokens, self.timeout = model, max_tokens, timeout
-        self.concurrency, self.attempts = concurrency, retries + 1
-        self._client = OpenAI(base_url=api_base(url), api_key=key or "none", max_retries=retries,
-                              timeout=timeout)
+        self._endpoint = ChatEndpoint(url, model, role="generator", api_key=key, timeout=timeout,
+                                      max_tokens=max_tokens, max_retries=retries,
+                                      hint="; rerun the same command to continue")
+        self.endpoint, self.name, self.model = self._endpoint.endpoint, self._endpoint.name, model
+        self.concurrency = concurrency
 
     def identity(self) -> dict:
         return {"kind": "endpoint", "url": self.endpoint, "model": self.model}
@@ -56,33 +53,11 @@ class EndpointGenerator:
             return list(pool.map(self._one, requests))
 
     def _one(self, request: Request) -> str:
-        import openai
-
-        try:
-            reply = self._client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": request.prompt}],
-                temperature=request.temperature, top_p=request.top_p,
-                max_tokens=self.max_tokens, seed=request.seed)
-        except openai.APITimeoutError:
-            raise self._fail(f"no reply within {self.timeout:g} s") from None
-        except openai.APIConnectionError as exc:
-            raise self._fail(f"cannot connect ({_line(exc.__cause__ or exc)})") from None
-        except openai.APIStatusError as exc:
-            raise self._fail(f"HTTP {exc.status_code} ({_line(exc.response.text)[:200]})") from None
-        except openai.OpenAIError as exc:
-            raise self._fail(f"{type(exc).__name__} ({_line(exc)})") from None
-        try:
-            content = reply.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            raise self._fail("not an OpenAI-style chat completion reply") from None
-        return content if isinstance(content, str) else ""
-
-    def _fail(self, what: str) -> TunelensError:
-        return TunelensError(f"generator at {self.endpoint}: {what} after {self.attempts} "
-                             "attempt(s); rerun the same command to continue")
+        return self._endpoint.chat(request.prompt, temperature=request.temperature,
+                                   top_p=request.top_p, seed=request.seed)
 
     def close(self) -> None:
-        self._client.close()
+        self._endpoint.close()
 
 
 class LocalGenerator:
@@ -129,11 +104,6 @@ class LocalGenerator:
 
     def close(self) -> None:
         pass
-
-
-def _line(obj) -> str:
-    text = str(obj).strip()
-    return text.splitlines()[0] if text else type(obj).__name__
 
 
 def make_generator(generator: str, url: str | None, *, api_key_env: str | None, max_tokens: int,
