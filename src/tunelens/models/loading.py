@@ -165,11 +165,7 @@ def load_for_inference(model: str, quantization=None, *, dtype: str | None = Non
     from peft import AutoPeftModelForCausalLM
 
     info = _run_info(folder)
-    # a qlora run, or a run started from one (grpo after a qlora SFT stage) records its quantization
-    if quantization is None and (info.get("quantization") or info.get("strategy") == "qlora"):
-        from tunelens.config import QuantConfig
-
-        quantization = QuantConfig(**info.get("quantization", {}))
+    quantization = quantization or recorded_quantization(info)
     base = adapter_base(folder, info)
     _, local_only, config = _checked_config(base, trust_remote_code)
     kwargs = _load_kwargs(base, dtype, quantization, None, trust_remote_code, local_only, config)
@@ -178,6 +174,19 @@ def load_for_inference(model: str, quantization=None, *, dtype: str | None = Non
     if quantization is not None:
         keep_generic_where_unpackable(tuned)
     return tuned, load_tokenizer(model, trust_remote_code)
+
+
+def recorded_quantization(info: dict):
+    """The 4-bit settings an adapter run's base was trained over, from its run.json: a qlora run,
+    or a run started from one (grpo after a qlora SFT stage), records them under
+    ``quantization``; a qlora run from before that key gets the defaults. None: a plain base.
+    The one rule for every stage that rebuilds a run's base (inference, export)."""
+    from tunelens.config import QuantConfig
+
+    recorded = info.get("quantization")
+    if isinstance(recorded, dict):
+        return QuantConfig(**recorded)
+    return QuantConfig() if info.get("strategy") == "qlora" else None
 
 
 def model_sources(model: str) -> list[Path]:

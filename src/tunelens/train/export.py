@@ -50,7 +50,7 @@ def export_run(run_dir: Path, out: Path, merge: bool = True, metrics: Path | Non
         if given is not None and not Path(given).is_file():
             raise TunelensError(f"{given}: no such file")
 
-    from tunelens.models.loading import load_model, load_tokenizer
+    from tunelens.models.loading import load_model, load_tokenizer, recorded_quantization
 
     trust = bool(info.get("trust_remote_code", False))  # the base's own code, as training ran it
     merged = has_adapter and merge
@@ -75,7 +75,7 @@ def export_run(run_dir: Path, out: Path, merge: bool = True, metrics: Path | Non
             "base_model": info.get("base_model"),
             "merged": merged,
             "adapter": has_adapter and not merge,
-            "dequantized_from": info.get("quantization") if merged and info.get("strategy") == "qlora"
+            "dequantized_from": info.get("quantization") if merged and recorded_quantization(info)
             else None,
             "dtype": "float32" if model is not None else info.get("dtype"),
         })
@@ -128,15 +128,14 @@ def _merged(run_dir: Path, info: dict, trust_remote_code: bool):
     import torch
     from peft import PeftModel
 
-    from tunelens.config import QuantConfig
-    from tunelens.models.loading import load_model
+    from tunelens.models.loading import load_model, recorded_quantization
 
     base_id = info.get("base_model")
     if not base_id:
         raise TunelensError(f"{run_dir / 'run.json'}: no 'base_model' to merge the adapter into")
-    if info.get("strategy") == "qlora":
-        base, _ = load_model(base_id, quantization=QuantConfig(**(info.get("quantization") or {})),
-                             trust_remote_code=trust_remote_code)
+    quantization = recorded_quantization(info)
+    if quantization is not None:
+        base, _ = load_model(base_id, quantization=quantization, trust_remote_code=trust_remote_code)
         base = base.dequantize()
     else:
         base, _ = load_model(base_id, trust_remote_code=trust_remote_code)
