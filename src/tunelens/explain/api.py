@@ -76,8 +76,7 @@ def attribute(model, tokenizer, prompts: str | Sequence[str], targets: str | Seq
     options = _options(n_samples=n_samples, seed=seed, batch_size=batch_size, per_target=per_target,
                        baseline_trials=baseline_trials, memory_budget_mb=memory_budget_mb,
                        reuse_prefix=reuse_prefix)
-    scorer = Scorer(model, batch_size=options.batch_size, memory_budget_mb=options.memory_budget_mb,
-                    reuse_prefix=options.reuse_prefix)
+    scorer = _scorer(model, options)
     results = []
     for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
         job, cut = _job(model, tokenizer, i, prompt, target, granularity, baseline,
@@ -100,11 +99,15 @@ def prepare_job(model, tokenizer, prompt: str, target: str, granularity: str, ba
     ``options`` are :class:`Options` fields; the unset ones take ExplanationConfig's defaults."""
     windows = _check_request(tokenizer, [prompt], [target], granularity, baseline,
                              None if spans is None else [spans], feature_window)
-    opts = _options(**{name: options.get(name) for name in Options.__dataclass_fields__})
-    scorer = scorer or Scorer(model, batch_size=opts.batch_size, memory_budget_mb=opts.memory_budget_mb,
-                              reuse_prefix=opts.reuse_prefix)
+    opts = _options(**(dict.fromkeys(Options.__dataclass_fields__) | options))  # unknown: TypeError
     return _job(model, tokenizer, 0, prompt, target, granularity, baseline, spans, windows[0], opts,
-                scorer)[0]
+                scorer or _scorer(model, opts))[0]
+
+
+def _scorer(model, options: Options) -> Scorer:
+    """The batched scorer one call's options ask for."""
+    return Scorer(model, batch_size=options.batch_size, memory_budget_mb=options.memory_budget_mb,
+                  reuse_prefix=options.reuse_prefix)
 
 
 def _check_request(tokenizer, prompts: list, targets: list, granularity: str, baseline: str, spans,
