@@ -23,18 +23,24 @@ SHAPES = {
 }
 
 
-def fresh_model(shape: str, seed: int = 0):
-    """(model, tokenizer): a seeded fresh Llama of ``shape``'s configuration, in eval mode."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def bundled_tokenizer(vocab_size: int = 2048):
+    """(BPE tokenizer trained on the bundled clauses, rules and the plain template, those rows):
+    the tokenizer every fresh benchmark model uses, so all see the same token ids."""
     from tunelens.data.compliance.dataset import bundled_rows
     from tunelens.data.templates import render_plain
     from tunelens.models.zoo import train_tokenizer
 
     rows = bundled_rows(seed=0)
     texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows] + [render_plain("")] * 50
-    tok = train_tokenizer(texts, vocab_size=2048)
+    return train_tokenizer(texts, vocab_size=vocab_size), rows
+
+
+def fresh_model(shape: str, seed: int = 0):
+    """(model, tokenizer): a seeded fresh Llama of ``shape``'s configuration, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok, _ = bundled_tokenizer()
     config = LlamaConfig(max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SHAPES[shape])
     torch.manual_seed(seed)

@@ -180,7 +180,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _shapes import SHAPES as FRESH  # noqa: E402 - benchmarks/ is the script's folder
-from _shapes import fresh_model  # noqa: E402
+from _shapes import bundled_tokenizer, fresh_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -204,13 +204,9 @@ def build_model(shape: str = "ladder"):
     and Qwen's padded vocabularies, only larger. The cost is the same: every row is projected and
     normalised over at every scored position; and both shapes see the very same token ids.
     """
-    from tunelens.data.compliance.dataset import bundled_rows
-    from tunelens.data.templates import render_plain
-    from tunelens.models.zoo import new_llama, train_tokenizer
+    from tunelens.models.zoo import new_llama
 
-    rows = bundled_rows(seed=0)
-    texts = [r["prompt"] for r in rows] + [r["completion"] for r in rows] + [render_plain("")] * 50
-    tok = train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)
+    tok, rows = bundled_tokenizer(TOKENIZER_VOCAB)
     hidden, layers, heads, vocab = SHAPES[shape]
     model = new_llama(tok, hidden_size=hidden, num_layers=layers, num_heads=heads, seed=0)
     if vocab > len(tok):
