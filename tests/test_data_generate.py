@@ -54,25 +54,25 @@ def _serve(reply, fail_after: int | None = None):
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
                 busy["now"] += 1
                 busy["most"] = max(busy["most"], busy["now"])
             try:
-                self._answer()
+                calls.append(body)
+                time.sleep(0.02)  # long enough for concurrent requests to overlap
+                failed = fail_after is not None and len(calls) > fail_after
+                text = None if failed else reply(body["messages"][-1]["content"], body)
             finally:
+                # leave the count before answering: once the answer is out, the client may send
+                # its next request, and that one must not overlap this one in the count
                 with lock:
                     busy["now"] -= 1
-
-        def _answer(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            calls.append(body)
-            time.sleep(0.02)  # long enough for concurrent requests to overlap
-            if fail_after is not None and len(calls) > fail_after:
+            if failed:
                 self.send_response(500)
                 self.end_headers()
                 self.wfile.write(b"boom")
                 return
-            text = reply(body["messages"][-1]["content"], body)
             data = json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                                "model": body["model"], "choices": [{"index": 0, "finish_reason":
                                "stop", "message": {"role": "assistant", "content": text}}]}).encode()
