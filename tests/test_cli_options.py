@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunelens.cli import main
-from tunelens.cli.options import check_choice, existing, set_threads
-from tunelens.errors import TunelensError
+from tunelens.cli.options import existing, set_threads
+from tunelens.errors import TunelensError, check_choice
 from tunelens.io import check_writable
 from tunelens.train.catalog import STRATEGIES
 
@@ -69,9 +69,12 @@ def test_check_writable_accepts_new_paths_and_refuses_unwritable_ones(tmp_path, 
 def test_existing_and_check_choice_are_one_line():
     with pytest.raises(TunelensError, match="nowhere.jsonl: no such file"):
         existing(Path("nowhere.jsonl"))
-    assert check_choice(None, STRATEGIES, "--strategy") is None
+    assert check_choice(None, STRATEGIES, "--strategy", optional=True) is None
+    assert check_choice("lora", STRATEGIES, "--strategy") == "lora"
+    with pytest.raises(TunelensError, match=r"--strategy None: expected one of full, lora"):
+        check_choice(None, STRATEGIES, "--strategy")  # not optional: None is no choice
     with pytest.raises(TunelensError, match=r"--strategy 'fulll': expected one of full, lora"):
-        check_choice("fulll", STRATEGIES, "--strategy")
+        check_choice("fulll", STRATEGIES, "--strategy", optional=True)
 
 
 @pytest.fixture()

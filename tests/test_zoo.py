@@ -71,7 +71,7 @@ def test_pretraining_texts_refuse_an_all_holdout_corpus():
 
 
 def test_unknown_preset_is_one_line(tmp_path):
-    with pytest.raises(TunelensError, match=r"unknown preset 'huge' \(choose from quick, demo"):
+    with pytest.raises(TunelensError, match=r"unknown preset 'huge': expected one of quick, demo"):
         build_zoo("huge", tmp_path / "zoo")
     assert main(["zoo", "build", "--preset", "huge", "--out", str(tmp_path / "z")]) == 2
     assert not (tmp_path / "z").exists()

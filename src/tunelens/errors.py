@@ -7,3 +7,12 @@ line, an unknown model, a bad config key). Anything else is a bug and keeps its 
 
 class TunelensError(Exception):
     """A user-facing error: its message is printed as one line, the exit code is 2."""
+
+
+def check_choice(value, choices, what: str, *, optional: bool = False):
+    """``value`` when it is one of ``choices`` (or None and ``optional``); else one line,
+    ``<what> 'value': expected one of a, b, c``. ``what`` names the thing as the user gave it: a
+    flag (``--method``), or a noun with its place (``run.json: unknown dtype``)."""
+    if (value is None and optional) or value in choices:
+        return value
+    raise TunelensError(f"{what} {value!r}: expected one of {', '.join(map(str, choices))}")

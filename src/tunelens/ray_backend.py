@@ -27,7 +27,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.parallel import (
     Group,
     GroupResult,
@@ -66,8 +66,7 @@ def check_backend(backend: str, address: str | None) -> None:
     Ray, and Ray installed when asked for."""
     from tunelens.study import BACKENDS
 
-    if backend not in BACKENDS:
-        raise TunelensError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_choice(backend, BACKENDS, "--backend")
     if address is not None and backend != "ray":
         raise TunelensError("--address names a Ray cluster: it needs --backend ray")
     if backend == "ray":

@@ -251,12 +251,9 @@ def data_generate_cmd(
                                           "filter: a second model grades each pair's accuracy and "
                                           "relevance (1-5); pairs whose mean is below this go to the "
                                           "rejects. Needs --judge-url/--judge-model or --judge-path."),
-    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible server of the judge "
-                                  "(key from TUNELENS_JUDGE_API_KEY)."),
-    judge_model: str = typer.Option(None, "--judge-model", help="The judge's model name on "
-                                    "--judge-url."),
-    judge_path: str = typer.Option(None, "--judge-path", help="A local model as judge (any model "
-                                   "reference)."),
+    judge_url: str = opt.judge_url_option(),
+    judge_model: str = opt.judge_model_option(),
+    judge_path: str = opt.judge_path_option(),
     threads: int = opt.threads_option(),
 ) -> None:
     """Write instruction pairs with an LLM from seed clauses, filtered, de-duplicated, resumable."""

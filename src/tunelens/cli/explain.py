@@ -10,6 +10,7 @@ import typer
 from tunelens.cli import options as opt
 from tunelens.cli.app import app, console, err_console
 from tunelens.config import ExplanationConfig, override
+from tunelens.errors import check_choice
 from tunelens.explain.catalog import BASELINES, GRANULARITIES, METHODS
 from tunelens.format import choices, number
 from tunelens.io import check_writable
@@ -60,9 +61,9 @@ def explain_cmd(
     resumable: rerunning after an interruption skips the finished examples (and shards)."""
     from tunelens.ray_backend import check_backend
 
-    opt.check_choice(method, METHODS, "--method")
-    opt.check_choice(granularity, GRANULARITIES, "--granularity")
-    opt.check_choice(baseline, BASELINES, "--baseline")
+    check_choice(method, METHODS, "--method", optional=True)
+    check_choice(granularity, GRANULARITIES, "--granularity", optional=True)
+    check_choice(baseline, BASELINES, "--baseline", optional=True)
     opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     check_writable(out, "file")

@@ -14,7 +14,7 @@ import typer
 from tunelens.cli import options as opt
 from tunelens.cli.app import app, console
 from tunelens.config import ExplanationConfig
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.explain.catalog import BASELINES
 from tunelens.explain.faithfulness import CURVE_POINTS, FRACTIONS
 from tunelens.format import DASH, choices, share
@@ -49,7 +49,7 @@ def faithfulness_cmd(
     """Comprehensiveness, sufficiency (ERASER) and deletion/insertion areas of each method's
     attributions, in log-probability of the target, beside a random ranking: a method that does
     not beat it does not explain the model (docs/explanations.md)."""
-    opt.check_choice(baseline, BASELINES, "--baseline")
+    check_choice(baseline, BASELINES, "--baseline", optional=True)
     opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     for path in attributions:

@@ -9,7 +9,7 @@ import typer
 from tunelens.cli import options as opt
 from tunelens.cli.app import app, console, err_console, zoo_app
 from tunelens.config import TrackingConfig, TrainConfig, default_of, override
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.format import choices, number
 from tunelens.io import check_writable
 from tunelens.train.catalog import OBJECTIVES, STRATEGIES
@@ -79,8 +79,8 @@ def train_cmd(
     """Fine-tune a model with TRL's SFTTrainer, in one process or several (--launcher); Ctrl-C
     checkpoints, rerunning resumes. The run records its dtype, remote-code setting and prompt
     format for generate and explain."""
-    opt.check_choice(strategy, STRATEGIES, "--strategy")
-    opt.check_choice(objective, OBJECTIVES, "--objective")
+    check_choice(strategy, STRATEGIES, "--strategy", optional=True)
+    check_choice(objective, OBJECTIVES, "--objective", optional=True)
     opt.check_model_settings(dtype, prompt_format)
     from tunelens.train.launch import check_launch
 

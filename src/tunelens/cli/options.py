@@ -8,13 +8,13 @@ cannot drift apart; defaults shown in help come from :mod:`tunelens.config`, nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.format import DASH, number
 from tunelens.runtime import set_threads  # noqa: F401  (each verb's --threads)
 
@@ -28,13 +28,6 @@ def existing(path: Path, what: str = "file") -> Path:
     if not Path(path).exists():
         raise TunelensError(f"{path}: no such {what}")
     return path
-
-
-def check_choice(value: str | None, registry: Mapping, flag: str) -> str | None:
-    """``value`` if the registry names it (or it is not given); else one line listing the names."""
-    if value is not None and value not in registry:
-        raise TunelensError(f"{flag} {value!r}: expected one of {', '.join(registry)}")
-    return value
 
 
 def section(config: Path | None, name: str):
@@ -57,6 +50,22 @@ def threads_option() -> Any:
 
 def out_option(what: str, required: bool = True) -> Any:
     return typer.Option(... if required else None, "--out", help=f"{what} {OUT_HELP}")
+
+
+# the LLM judge of evaluate and of data generate's judge filter
+def judge_url_option() -> Any:
+    return typer.Option(None, "--judge-url", help="OpenAI-compatible server of an LLM judge "
+                        "(Ollama, vLLM, llama.cpp, tunelens serve), e.g. http://localhost:11434; "
+                        "needs --judge-model; API key from TUNELENS_JUDGE_API_KEY.")
+
+
+def judge_model_option() -> Any:
+    return typer.Option(None, "--judge-model", help="The judge's model name on --judge-url.")
+
+
+def judge_path_option() -> Any:
+    return typer.Option(None, "--judge-path", help="A local model as judge instead of a server "
+                        "(any model reference).")
 
 
 def model_option() -> Any:
@@ -98,8 +107,8 @@ def check_model_settings(dtype: str | None, prompt_format: str | None) -> None:
     machine cannot compute in (``auto`` is checked once the checkpoint says what it is)."""
     from tunelens.models.run_settings import DTYPES, PROMPT_FORMATS, check_dtype
 
-    check_choice(dtype, dict.fromkeys(DTYPES), "--dtype")
-    check_choice(prompt_format, dict.fromkeys(PROMPT_FORMATS), "--prompt-format")
+    check_choice(dtype, DTYPES, "--dtype", optional=True)
+    check_choice(prompt_format, PROMPT_FORMATS, "--prompt-format", optional=True)
     if dtype not in (None, "auto"):
         check_dtype(dtype, "--dtype")
 

@@ -126,13 +126,9 @@ def evaluate_cmd(
                                      "reference, prediction (and samples, when drawn)."),
     out: Path = opt.out_option("Metrics JSON (aggregate, intervals, per_example)."),
     config: Path = opt.config_option("'evaluation' section"),
-    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible server of an LLM "
-                                  "judge (Ollama, vLLM, llama.cpp), e.g. http://localhost:11434; "
-                                  "needs --judge-model."),
-    judge_model: str = typer.Option(None, "--judge-model", help="Model name the judge server "
-                                    "serves."),
-    judge_path: str = typer.Option(None, "--judge-path", help="Local Hugging Face model used as "
-                                   "judge instead of a server."),
+    judge_url: str = opt.judge_url_option(),
+    judge_model: str = opt.judge_model_option(),
+    judge_path: str = opt.judge_path_option(),
     bootstrap_samples: int = typer.Option(None, "--bootstrap-samples", help="Resamples for the "
                                           "intervals " + default_of(EvaluationConfig,
                                                                     "bootstrap_samples") + "."),

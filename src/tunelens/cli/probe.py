@@ -9,6 +9,7 @@ import typer
 from tunelens.cli import options as opt
 from tunelens.cli.app import app, console
 from tunelens.config import GenerationConfig
+from tunelens.errors import check_choice
 from tunelens.explain.catalog import METHODS
 from tunelens.format import choices, interval, number
 from tunelens.io import check_writable
@@ -54,9 +55,9 @@ def probe_cmd(
 
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     make_edits([], chosen)  # unknown kinds: one line, before anything loads
-    opt.check_choice(anchor_field, dict.fromkeys(FIELDS), "--anchor-field")
+    check_choice(anchor_field, FIELDS, "--anchor-field", optional=True)
     if method != "none":
-        opt.check_choice(method, METHODS, "--method")
+        check_choice(method, METHODS, "--method", optional=True)
     opt.check_model_settings(dtype, prompt_format)
     opt.existing(data)
     check_writable(out, "file")

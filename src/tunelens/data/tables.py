@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tunelens.config import DataConfig
 from tunelens.contracts import TableRow, parse_row
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.io import iter_jsonl, json_kind, read_text
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -52,10 +52,7 @@ def read_records(path: Path) -> tuple[Records, list[str]]:
     """``([(file:line, row), ...], columns)`` of a JSONL, CSV, TSV or Parquet file, by its
     extension; an unknown extension, a missing file or a malformed row is one line."""
     path = Path(path)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise TunelensError(f"{path}: unknown extension '{path.suffix}' (expected one of "
-                            f"{', '.join(sorted(FORMATS))})")
+    kind = FORMATS.get(check_choice(path.suffix.lower(), sorted(FORMATS), f"{path}: unknown extension"))
     if not path.exists():
         raise TunelensError(f"{path}: no such file")
     if path.is_dir():

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 
 Decide = Callable[[np.ndarray], np.ndarray]  # masks [n, features] (True = word kept) -> kept?
 # a word with its decimals, ratios, ids and percent signs: 36, 405.5, 1:12, 8.33%, clear_width
@@ -200,8 +200,7 @@ def explain_rule(generate: Callable[[list[str]], list[str]], clause: str, field:
     """
     from tunelens.evaluate.rules import parsed_rule
 
-    if field not in FIELDS:
-        raise TunelensError(f"unknown field '{field}' (expected one of {', '.join(FIELDS)})")
+    check_choice(field, FIELDS, "unknown field")
     rule_text = generate([clause])[0]
     rule = parsed_rule(rule_text)
     if rule is None:

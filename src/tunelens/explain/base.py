@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.explain import catalog
 from tunelens.explain.features import Features
 from tunelens.explain.result import Attribution
@@ -105,8 +105,7 @@ def register(name: str):
 
 
 def get_method(name: str) -> type[AttributionMethod]:
-    if name not in catalog.METHODS:
-        raise TunelensError(f"unknown method '{name}' (expected one of {', '.join(catalog.METHODS)})")
+    check_choice(name, catalog.METHODS, "unknown method")
     if name not in METHODS:
         importlib.import_module(catalog.METHODS[name][0])
     return METHODS[name]

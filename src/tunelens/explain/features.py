@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.explain import catalog
 
 GRANULARITIES = tuple(catalog.GRANULARITIES)  # the names live in the catalog; the code here
@@ -130,10 +130,7 @@ def build_features(tokenizer, prompt: str, granularity: str = "token",
 
 
 def check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise TunelensError(
-            f"unknown granularity '{granularity}' (expected one of {', '.join(GRANULARITIES)})"
-        )
+    check_choice(granularity, GRANULARITIES, "unknown granularity")
 
 
 def _stripped(prompt: str, start: int, end: int) -> tuple[int, int]:
@@ -221,8 +218,8 @@ def resolve_baseline(tokenizer, baseline: str) -> Baseline:
     no content of its own and is one token in byte-level BPE, SentencePiece and tiktoken-style
     vocabularies alike.
     """
-    if baseline not in BASELINES and baseline not in NEUTRAL:
-        raise TunelensError(f"unknown baseline '{baseline}' (expected one of {', '.join(BASELINES)})")
+    if baseline not in NEUTRAL:
+        check_choice(baseline, BASELINES, "unknown baseline")
     if baseline in ("delete", "sample"):
         return Baseline(baseline, None, None, baseline)
     if baseline in NEUTRAL:

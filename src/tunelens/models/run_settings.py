@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelens.config import ModelSpec
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -61,8 +61,8 @@ class ModelSettings:
         given = {"dtype": dtype, "trust_remote_code": trust_remote_code,
                  "prompt_format": prompt_format, "instruction": instruction}
         chosen = {k: v if v is not None else recorded.get(k, getattr(cls, k)) for k, v in given.items()}
-        check_choice(chosen["dtype"], DTYPES, "dtype", model)
-        check_choice(chosen["prompt_format"], PROMPT_FORMATS, "prompt format", model)
+        check_choice(chosen["dtype"], DTYPES, f"{model}: unknown dtype")
+        check_choice(chosen["prompt_format"], PROMPT_FORMATS, f"{model}: unknown prompt format")
         return cls(**chosen, shots=tuple(shots or ()))
 
     def record(self, tokenizer) -> dict:
@@ -78,11 +78,6 @@ class ModelSettings:
         examples, then the clause, in this run's format and instruction."""
         return render(tokenizer, clause, [*self.shots, *retrieved], self.prompt_format,
                       self.instruction)
-
-
-def check_choice(value, choices: Sequence[str], what: str, where: str) -> None:
-    if value not in choices:
-        raise TunelensError(f"{where}: unknown {what} {value!r} (choose from {', '.join(choices)})")
 
 
 def recorded_settings(model: str) -> dict:
@@ -103,7 +98,7 @@ def recorded_settings(model: str) -> dict:
         raise TunelensError(f"{path}: 'instruction' must be text")
     for key, choices in (("dtype", DTYPES), ("prompt_format", PROMPT_FORMATS)):
         if key in recorded:
-            check_choice(recorded[key], choices, key.replace("_", " "), str(path))
+            check_choice(recorded[key], choices, f"{path}: unknown " + key.replace("_", " "))
     return recorded
 
 
@@ -119,7 +114,7 @@ def declared_dtype(config) -> str:
 def check_dtype(dtype: str, where: str, config=None) -> str:
     """The dtype the weights will have (``auto`` resolved through ``config``), once it is known
     that this machine computes in it; else a one-line error before any weight is read."""
-    check_choice(dtype, DTYPES, "dtype", where)
+    check_choice(dtype, DTYPES, f"{where}: unknown dtype")
     resolved = declared_dtype(config) if dtype == "auto" else dtype
     problem = _cannot_compute(resolved, compute_device())
     if problem:
@@ -159,7 +154,7 @@ def resolve_prompt_format(tokenizer, prompt_format: str) -> str:
     """``chat`` or ``plain`` for this tokenizer; ``chat`` without a template is a one-line error."""
     from tunelens.data.templates import has_chat_template
 
-    check_choice(prompt_format, PROMPT_FORMATS, "prompt format", type(tokenizer).__name__)
+    check_choice(prompt_format, PROMPT_FORMATS, f"{type(tokenizer).__name__}: unknown prompt format")
     if prompt_format == "auto":
         return "chat" if has_chat_template(tokenizer) else "plain"
     if prompt_format == "chat" and not has_chat_template(tokenizer):

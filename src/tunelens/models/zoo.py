@@ -32,7 +32,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.fingerprint import fingerprint
 from tunelens.io import atomic_dir, read_json, write_json, write_text
 from tunelens.models.card import model_card
@@ -293,9 +293,7 @@ def build_sources() -> list[Path]:
 
 
 def _preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise TunelensError(f"zoo: unknown preset '{name}' (choose from {', '.join(PRESETS)})")
-    return PRESETS[name]
+    return PRESETS[check_choice(name, PRESETS, "zoo: unknown preset")]
 
 
 def _bundled_rows() -> list[dict]:

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from tunelens.config import TrackingConfig, TrainConfig
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.io import read_json, write_json, write_text
 from tunelens.train.catalog import UNTRAINED
 from tunelens.train.grpo_settings import GRPO
@@ -49,8 +49,7 @@ def check_launch(launcher: str, num_processes: int, strategy: str,
     """The distributed type the launch will run (``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``,
     ``DEEPSPEED``, or ``NO`` for one process), or a one-line error for a combination that
     cannot work, before anything is started."""
-    if launcher not in LAUNCHERS:
-        raise TunelensError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    check_choice(launcher, LAUNCHERS, "--launcher")
     if num_processes < 1:
         raise TunelensError(f"--num-processes {num_processes}: needs at least 1")
     if launcher == "none":

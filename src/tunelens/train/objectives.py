@@ -19,16 +19,13 @@ from pathlib import Path
 
 from tunelens.contracts import ClauseRow, read_rows
 from tunelens.data.templates import render_causal
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.models.run_settings import adds_special_tokens, render
 from tunelens.train.catalog import OBJECTIVES
 
 
 def check_objective(objective: str) -> None:
-    if objective not in OBJECTIVES:
-        raise TunelensError(
-            f"unknown objective '{objective}': expected one of {', '.join(OBJECTIVES)}"
-        )
+    check_choice(objective, OBJECTIVES, "unknown objective")
 
 
 def load_split(data_dir: str | Path, split: str) -> list[dict]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunelens.config import LoraConfig, QuantConfig, TrainConfig
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.models.quantized import use_autograd_4bit
 from tunelens.train.catalog import ADAPTER_STRATEGIES, STRATEGIES
 
@@ -61,8 +61,7 @@ class StrategySpec:
 
 
 def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise TunelensError(f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")
+    check_choice(strategy, STRATEGIES, "unknown strategy")
 
 
 def apply_strategy(model, spec: StrategySpec):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelens.data.prepare import content_id, normalise_text
 from tunelens.data.tables import FORMATS, read_records
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, check_choice
 from tunelens.io import read_text
 
 DOCUMENTS = (".txt", ".md", ".markdown")
@@ -35,13 +35,11 @@ def read_seeds(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise TunelensError(f"{path}: no such file")
+    check_choice(suffix, sorted((*FORMATS, *DOCUMENTS)), f"{path}: unknown seed format")
     if suffix in FORMATS:  # the tables `data prepare` reads
         seeds = _table_seeds(path)
-    elif suffix in DOCUMENTS:
-        seeds = document_seeds(read_text(path), path)
     else:
-        raise TunelensError(f"{path}: unknown seed format '{suffix}' (expected one of "
-                            f"{', '.join(sorted((*FORMATS, *DOCUMENTS)))})")
+        seeds = document_seeds(read_text(path), path)
     if not seeds:
         raise TunelensError(f"{path}: no clauses to seed from")
     first: dict[str, str] = {}
