@@ -36,6 +36,10 @@ Objective = Literal[tuple(OBJECTIVES)]
 Method = Literal[tuple(METHODS)]
 Granularity = Literal[tuple(GRANULARITIES)]
 Baseline = Literal[tuple(BASELINES)]
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the checkpoint's; for training, see precision
+Dtype = Literal[DTYPES]
+PROMPT_FORMATS = ("auto", "chat", "plain")
+PromptFormat = Literal[PROMPT_FORMATS]
 
 
 class Section(BaseModel):
@@ -87,7 +91,7 @@ class ModelSpec(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     path: str
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: Dtype = Field(
         "float32", description="weights' dtype for training, generation and attribution; 'auto' is "
         "what the checkpoint declares; a dtype this machine cannot compute in is refused before work"
     )
@@ -95,7 +99,7 @@ class ModelSpec(Section):
         False, description="run the model's own code from its folder or hub repo (needed by "
         "checkpoints whose config names custom classes); off unless asked for"
     )
-    prompt_format: Literal["auto", "chat", "plain"] = Field(
+    prompt_format: PromptFormat = Field(
         "auto", description="'chat' renders the clause through the tokenizer's chat template, "
         "'plain' through the documented plain template; 'auto' is chat when the tokenizer has a "
         "template"
@@ -119,7 +123,7 @@ class QuantConfig(Section):
     bits: Literal[4, 8] = 4
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    compute_dtype: Literal[DTYPES[1:]] = "float32"
 
 
 class TrainConfig(Section):
@@ -163,7 +167,7 @@ class TrainConfig(Section):
         "kernel a pack costs attention over its whole length); always off with a curriculum, "
         "since packing reorders examples"
     )
-    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    precision: Dtype = Field(
         "auto", description="mixed precision; 'auto' is bfloat16 on a GPU that has it, else float32"
     )
     save_steps: int | None = Field(
@@ -369,7 +373,7 @@ class PromptTemplate(Section):
     built-ins are ``plain``, ``chat``, ``auto`` and ``few-shot-N``
     (:func:`tunelens.data.templates.named_prompt`)."""
 
-    format: Literal["auto", "chat", "plain"] = Field(
+    format: PromptFormat = Field(
         "auto", description="'auto' follows the model's prompt_format")
     instruction: str | None = Field(None, min_length=1, description="replaces the default "
                                     "instruction line; training and generation both use it")

@@ -105,7 +105,8 @@ def prompt_format_option(trained: bool) -> Any:
 def check_model_settings(dtype: str | None, prompt_format: str | None) -> None:
     """One line before any work for a dtype or prompt format that is unknown, or a dtype this
     machine cannot compute in (``auto`` is checked once the checkpoint says what it is)."""
-    from tunelens.models.run_settings import DTYPES, PROMPT_FORMATS, check_dtype
+    from tunelens.config import DTYPES, PROMPT_FORMATS
+    from tunelens.models.run_settings import check_dtype
 
     check_choice(dtype, DTYPES, "--dtype", optional=True)
     check_choice(prompt_format, PROMPT_FORMATS, "--prompt-format", optional=True)

@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 from tunelens.errors import TunelensError
 from tunelens.models import references
 from tunelens.models.quantized import keep_generic_where_unpackable
-from tunelens.models.run_settings import DTYPES  # noqa: F401  (the one list; re-exported)
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
@@ -52,8 +51,8 @@ def load_model(path_or_id: str, dtype: str = "float32", quantization=None,
                device_map: str | None = None, trust_remote_code: bool = False):
     """Load (model, tokenizer). ``quantization`` is a :class:`tunelens.config.QuantConfig` or None.
 
-    ``dtype`` is one of :data:`DTYPES` (``auto``: what the checkpoint declares); one this machine
-    cannot compute in is refused before the weights are read
+    ``dtype`` is one of :data:`tunelens.config.DTYPES` (``auto``: what the checkpoint declares);
+    one this machine cannot compute in is refused before the weights are read
     (:func:`tunelens.models.run_settings.check_dtype`). Remote code runs only when
     ``trust_remote_code`` is asked for explicitly.
     """

@@ -31,11 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelens.config import ModelSpec
+from tunelens.config import DTYPES, PROMPT_FORMATS, ModelSpec
 from tunelens.errors import TunelensError, check_choice
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROMPT_FORMATS = ("auto", "chat", "plain")
 
 
 def _default(field: str):
