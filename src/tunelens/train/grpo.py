@@ -83,16 +83,15 @@ class Start:
 
     def spec(self, config: TrainConfig) -> StrategySpec:
         """How the start is loaded: its strategy's, over a base quantized as the start recorded
-        (an ``init_from`` run may have used other 4-bit settings than this run's config)."""
+        (an ``init_from`` run may have used other 4-bit settings than this run's config), by the
+        rule inference and export read it with (:func:`~tunelens.models.loading.recorded_quantization`)."""
         from dataclasses import replace
 
-        from tunelens.config import QuantConfig
+        from tunelens.models.loading import recorded_quantization
 
         spec = StrategySpec.from_config(self.strategy, config)
-        recorded = self.info.get("quantization")
-        if self.is_adapter and isinstance(recorded, dict):
-            spec = replace(spec, quantization=QuantConfig(**recorded))
-        return spec
+        recorded = recorded_quantization(self.info) if self.is_adapter else None
+        return spec if recorded is None else replace(spec, quantization=recorded)
 
 
 def sft_dir(out: Path) -> Path:
