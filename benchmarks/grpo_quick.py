@@ -190,11 +190,8 @@ def print_pooled(out: Path, seeds: list[int], weights: list[float]) -> None:
     p_exec = binomtest(only["grpo"], n, 0.5).pvalue if n else 1.0
     print(f"pooled over {len(diffs)} seed x row pairs: reward GRPO - SFT {statistics.fmean(diffs):+.3f} "
           f"(Wilcoxon p={p_reward:.2g}); rule_exec_accuracy right only with GRPO {only['grpo']}, "
-          f"only with SFT {only['sft']} (exact McNemar p={p_exec:.3f})")
+          f"only with SFT {only['sft']} (exact McNemar p={p_exec:.2g})")
 
-
-if __name__ == "__main__":
-    main()
 
 
 def _exact_and_reward(path: Path, weights: list[float]) -> list[tuple[float, float]]:
@@ -224,4 +221,8 @@ def print_versus(out: Path, other: Path, seeds: list[int], weights: list[float])
     n = only["this"] + only["other"]
     p = binomtest(only["this"], n, 0.5).pvalue if n else 1.0
     print(f"pooled: right only with this GRPO {only['this']}, only with {other}'s {only['other']} "
-          f"(exact McNemar p={p:.3f})")
+          f"(exact McNemar p={p:.2g})")
+
+
+if __name__ == "__main__":
+    main()

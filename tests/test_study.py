@@ -105,6 +105,19 @@ def test_estimate_counts_trainings_once_per_trained_model():
     assert est["train_steps"] == 6 * study.train.max_steps
 
 
+def test_estimate_counts_the_check_stages_retrieval_twins_run():
+    """Faithfulness runs on every cell; probes and layer views only on a cell with its own model
+    (a retrieval twin shares its twin's), so 12 cells, 6 of them twins: 12 + 6 + 6."""
+    study = _study(rag={"enabled": [False, True]})
+    assert estimate(study, expand_matrix(study))["check_stages"] == 0  # checks are off by default
+    on = {"enabled": True}
+    checked = _study(rag={"enabled": [False, True]},
+                     checks={"faithfulness": on, "probes": on, "layers": on})
+    assert estimate(checked, expand_matrix(checked))["check_stages"] == 12 + 6 + 6
+    only = _study(rag={"enabled": [False, True]}, checks={"probes": on})
+    assert estimate(only, expand_matrix(only))["check_stages"] == 6
+
+
 def test_estimate_counts_every_seed_as_a_training_and_both_targets_as_two():
     study = _study(rag={"enabled": [False, True]}, seeds=[0, 1, 2],
                    explanation={"max_examples": 4})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunelens.config import ModelSpec, Study
 from tunelens.errors import TunelensError
+from tunelens.explain.check_stages import enabled_checks
 from tunelens.layout import RunIdentity
 from tunelens.models import references
 from tunelens.models.loading import looks_like_path
@@ -203,6 +204,7 @@ def estimate(study: Study, cells: list[Cell]) -> dict:
         "generated_tokens_max": len(cells) * n_test * gen.max_new_tokens * gen.num_samples,
         "explained_examples": len(cells) * n_explain,
         "perturbations_approx": len(cells) * n_explain * per_example,
+        "check_stages": sum(len(enabled_checks(study.checks, c.identity.rag)) for c in cells),
     }
 
 

@@ -8,6 +8,7 @@ import typer
 
 from tunelens.cli.app import EXIT_CELLS_FAILED, app, console, err_console
 from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option
+from tunelens.explain.check_stages import CHECK_STAGES, enabled_checks
 from tunelens.format import DASH, interval_of, number, p_value
 from tunelens.io import check_writable
 from tunelens.study import STAGES
@@ -299,7 +300,8 @@ def _run_study(study, out: Path, dry_run: bool, zoo: Path | None, threads: int |
     runner = StudyRunner(study, out, zoo_root=zoo_root, origin=origin, jobs=jobs, threads=threads,
                          backend=backend, address=address, explain_shards=explain_shards)
     runner.check()  # a bad model path or --out fails here, before the live view starts
-    with _StudyView(len(cells) * len(STAGES)) as view:
+    stages = sum(len(STAGES) + len(enabled_checks(study.checks, c.identity.rag)) for c in cells)
+    with _StudyView(stages) as view:
         runner.on_event = view.update
         statuses = runner.run()
     _print_timings(runner)
@@ -375,5 +377,5 @@ class _StudyView:
             self.progress.update(self.task, description=f"{cell} · {stage}")
             return
         self.progress.console.print(f"[{style}]{state:>7}[/] {cell} · {stage}", highlight=False)
-        if stage in STAGES:
+        if stage in STAGES or stage in CHECK_STAGES:
             self.progress.advance(self.task)

@@ -23,21 +23,29 @@ FAITHFULNESS, PROBES, LAYERS = "faithfulness", "probes", "layers"
 CHECK_STAGES = (FAITHFULNESS, PROBES, LAYERS)
 
 
+def enabled_checks(checks, rag: bool) -> tuple[str, ...]:
+    """The check stages a cell runs, in order: those ``checks`` (a study's ``checks:``) switch on,
+    less probes and layer views for a retrieval cell (its twin's model, probed once there). The
+    one rule for running them, counting them in the live view and in the dry run's estimate."""
+    on = {FAITHFULNESS: checks.faithfulness.enabled, PROBES: checks.probes.enabled and not rag,
+          LAYERS: checks.layers.enabled and not rag}
+    return tuple(kind for kind in CHECK_STAGES if on[kind])
+
+
 def run_checks(runner, cell, status, base: str, explain_seed: int) -> None:
     """The switched-on checks of ``cell``, after its explain stage (``runner``: a StudyRunner)."""
     checks, layout, run = runner.study.checks, runner.layout, cell.identity
     model_dir, pred, attr = layout.model_dir(run), layout.predictions(run), layout.attributions(run)
     seed = cell.seed if cell.seed is not None else 0
-    if checks.faithfulness.enabled:
+    kinds = enabled_checks(checks, run.rag)
+    if FAITHFULNESS in kinds:
         cfg = checks.faithfulness
         out = layout.check(FAITHFULNESS, run)
         runner.run_stage(cell, status, FAITHFULNESS, out,
                       lambda: fingerprint(FAITHFULNESS, cfg.model_dump(mode="json"), explain_seed,
                                           files=[model_dir, pred, attr]),
                       lambda: _faithfulness(model_dir, pred, attr, out, cfg.points, explain_seed))
-    if run.rag:
-        return
-    if checks.probes.enabled:
+    if PROBES in kinds:
         cfg, test = checks.probes, layout.split("test")
         generation = GenerationConfig(max_new_tokens=runner.study.generation.max_new_tokens)
         out = layout.check(PROBES, run)
@@ -45,7 +53,7 @@ def run_checks(runner, cell, status, base: str, explain_seed: int) -> None:
                       lambda: fingerprint(PROBES, cfg.model_dump(mode="json"), seed,
                                           generation.model_dump(mode="json"), files=[model_dir, test]),
                       lambda: _probes(model_dir, test, out, cfg, seed, generation))
-    if checks.layers.enabled:
+    if LAYERS in kinds:
         cfg = checks.layers
         out = layout.check(LAYERS, run)
         local = Path(base).exists()
