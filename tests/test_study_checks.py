@@ -146,3 +146,15 @@ def test_probe_kinds_are_the_probe_modules_and_unknown_ones_fail_at_load():
     assert PROBE_KINDS == tuple(KINDS)
     with pytest.raises(TunelensError, match=r"checks\.probes\.kinds.*unknown probe kind"):
         parse_study({"models": [{"name": "m", "path": "p"}], "checks": {"probes": {"kinds": ["color"]}}})
+
+
+def test_the_checks_of_a_cell_share_one_load_made_only_when_one_runs(monkeypatch, tmp_path):
+    from tunelens.explain.check_stages import OneLoad
+
+    calls = []
+    monkeypatch.setattr("tunelens.models.loading.load_placed",
+                        lambda model, settings: calls.append((model, settings.dtype)) or ("llm", "tok"))
+    loaded = OneLoad(tmp_path)
+    assert calls == []  # every check skipped: nothing loaded
+    assert loaded() == ("llm", "tok") and loaded() == ("llm", "tok")
+    assert calls == [(str(tmp_path), "float32")]  # once, in the run's recorded (here: default) dtype

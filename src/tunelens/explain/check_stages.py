@@ -6,6 +6,9 @@ Each runs only when ``study.checks`` switches it on, through the runner's own st
 content of every file it reads, so a check re-runs when the model, the attributions or the
 settings change, and never because a file was touched.
 
+The checks that run share one load of the run's model (:class:`OneLoad`: loaded when the first
+of them starts, never when all are skipped), as a real model takes seconds to load each time.
+
 Probes and layer views read only the trained model (and the test split or its predictions), so a
 retrieval cell, which shares its twin's model, is not probed twice: probes do not retrieve, and
 its twin's layers are the same network. Faithfulness reads the run's own attributions, so every
@@ -32,19 +35,37 @@ def enabled_checks(checks, rag: bool) -> tuple[str, ...]:
     return tuple(kind for kind in CHECK_STAGES if on[kind])
 
 
+class OneLoad:
+    """The run's (model on its device, tokenizer), loaded on the first call and kept for the next
+    ones: the checks of one cell read the same model, none of them changes its weights."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self.pair = model_dir, None
+
+    def __call__(self) -> tuple:
+        if self.pair is None:
+            from tunelens.models.loading import load_placed
+            from tunelens.models.run_settings import ModelSettings
+
+            self.pair = load_placed(str(self.model_dir), ModelSettings.of(str(self.model_dir)))
+        return self.pair
+
+
 def run_checks(runner, cell, status, base: str, explain_seed: int) -> None:
     """The switched-on checks of ``cell``, after its explain stage (``runner``: a StudyRunner)."""
     checks, layout, run = runner.study.checks, runner.layout, cell.identity
     model_dir, pred, attr = layout.model_dir(run), layout.predictions(run), layout.attributions(run)
     seed = cell.seed if cell.seed is not None else 0
     kinds = enabled_checks(checks, run.rag)
+    loaded = OneLoad(model_dir)
     if FAITHFULNESS in kinds:
         cfg = checks.faithfulness
         out = layout.check(FAITHFULNESS, run)
         runner.run_stage(cell, status, FAITHFULNESS, out,
                       lambda: fingerprint(FAITHFULNESS, cfg.model_dump(mode="json"), explain_seed,
                                           files=[model_dir, pred, attr]),
-                      lambda: _faithfulness(model_dir, pred, attr, out, cfg.points, explain_seed))
+                      lambda: _faithfulness(model_dir, pred, attr, out, cfg.points, explain_seed,
+                                            loaded()))
     if PROBES in kinds:
         cfg, test = checks.probes, layout.split("test")
         generation = GenerationConfig(max_new_tokens=runner.study.generation.max_new_tokens)
@@ -52,7 +73,7 @@ def run_checks(runner, cell, status, base: str, explain_seed: int) -> None:
         runner.run_stage(cell, status, PROBES, out,
                       lambda: fingerprint(PROBES, cfg.model_dump(mode="json"), seed,
                                           generation.model_dump(mode="json"), files=[model_dir, test]),
-                      lambda: _probes(model_dir, test, out, cfg, seed, generation))
+                      lambda: _probes(model_dir, test, out, cfg, seed, generation, loaded()))
     if LAYERS in kinds:
         cfg = checks.layers
         out = layout.check(LAYERS, run)
@@ -60,23 +81,27 @@ def run_checks(runner, cell, status, base: str, explain_seed: int) -> None:
         runner.run_stage(cell, status, LAYERS, out,
                       lambda: fingerprint(LAYERS, cfg.model_dump(mode="json"), None if local else base,
                                           files=[model_dir, pred] + ([Path(base)] if local else [])),
-                      lambda: _layers(model_dir, base, pred, out, cfg.max_examples))
+                      lambda: _layers(model_dir, base, pred, out, cfg.max_examples, loaded()))
 
 
-def _faithfulness(model_dir: Path, pred: Path, attr: Path, out: Path, points: int, seed: int) -> None:
+def _faithfulness(model_dir: Path, pred: Path, attr: Path, out: Path, points: int, seed: int,
+                  loaded: tuple) -> None:
     from tunelens.explain.faithfulness_run import faithfulness_run
 
-    faithfulness_run(str(model_dir), pred, [attr], out, points=points, seed=seed, progress=False)
+    faithfulness_run(str(model_dir), pred, [attr], out, points=points, seed=seed, progress=False,
+                     loaded=loaded)
 
 
-def _probes(model_dir: Path, test: Path, out: Path, cfg, seed: int, generation: GenerationConfig) -> None:
+def _probes(model_dir: Path, test: Path, out: Path, cfg, seed: int, generation: GenerationConfig,
+            loaded: tuple) -> None:
     from tunelens.explain.probe_run import probe_file
 
     probe_file(str(model_dir), test, out, kinds=cfg.kinds, max_examples=cfg.max_examples, seed=seed,
-               method=cfg.method, progress=False, generation=generation)
+               method=cfg.method, progress=False, generation=generation, loaded=loaded)
 
 
-def _layers(model_dir: Path, base: str, pred: Path, out: Path, max_examples: int) -> None:
+def _layers(model_dir: Path, base: str, pred: Path, out: Path, max_examples: int,
+            loaded: tuple) -> None:
     from tunelens.explain.layer_views import layer_views
 
-    layer_views(str(model_dir), base, pred, out, max_examples=max_examples)
+    layer_views(str(model_dir), base, pred, out, max_examples=max_examples, loaded=loaded)

@@ -109,11 +109,12 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
                      points: int = CURVE_POINTS, seed: int = 0, batch_size: int | None = None,
                      memory_budget_mb: float | None = None, progress: bool = True,
                      dtype: str | None = None, trust_remote_code: bool | None = None,
-                     prompt_format: str | None = None) -> dict:
+                     prompt_format: str | None = None, loaded: tuple | None = None) -> dict:
     """Measure the faithfulness of ``attributions`` (parquets) of ``model`` on ``data``; write ``out``.
 
     ``baseline`` removes features (default: the attributions' own); ``seed`` seeds the random
-    reference ranking (per example, with its id) and the ``sample`` baseline.
+    reference ranking (per example, with its id) and the ``sample`` baseline; ``loaded``: the
+    model and tokenizer already loaded (:func:`~tunelens.models.loading.load_placed`).
     """
     from tunelens.explain.run import load_for_explain, placed_prompt, read_examples
     from tunelens.explain.scorer import Scorer
@@ -133,7 +134,7 @@ def faithfulness_run(model: str, data: Path, attributions: Sequence[Path], out: 
         raise TunelensError(f"{len(scored) - len(examples)} attributed example(s) are not in {data} "
                             "(attributions of another data file?)")
     settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
-    llm, tokenizer, fmt, _ = load_for_explain(str(model), settings, config)
+    llm, tokenizer, fmt, _ = load_for_explain(str(model), settings, config, loaded)
     settings = replace(settings, prompt_format=fmt)
     scorer = Scorer(llm, batch_size=batch_size, memory_budget_mb=memory_budget_mb or config.memory_budget_mb)
     records, per_method = [], {}

@@ -45,18 +45,21 @@ def examples(predictions: Path, n: int) -> list[tuple[str, str]]:
     return [(r["rendered_prompt"], r["reference"]) for r in rows[:n]]
 
 
-def layer_views(model: str, base: str, predictions: Path, out: Path, max_examples: int = 4) -> dict:
-    """Compute the run's layer views (``model`` tuned from ``base``) and write them to ``out``."""
+def layer_views(model: str, base: str, predictions: Path, out: Path, max_examples: int = 4,
+                loaded: tuple | None = None) -> dict:
+    """Compute the run's layer views (``model`` tuned from ``base``) and write them to ``out``;
+    ``loaded``: the run's model and tokenizer already loaded
+    (:func:`~tunelens.models.loading.load_placed`)."""
     from tunelens.explain.layers import layer_cka, weight_change
-    from tunelens.models.loading import load_for_inference, load_model, place_on_device
+    from tunelens.models.loading import load_model, load_placed, place_on_device
     from tunelens.models.run_settings import ModelSettings
 
     pairs = examples(predictions, max_examples)
     start = time.perf_counter()
     settings = ModelSettings.of(str(model))
-    tuned, tokenizer = load_for_inference(str(model))
+    tuned, tokenizer = loaded or load_placed(str(model), settings)
     base_model, _ = load_model(str(base), dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)
-    tuned, base_model = place_on_device(tuned), place_on_device(base_model)
+    base_model = place_on_device(base_model)
     tuned.eval()
     base_model.eval()
     cka = layer_cka(base_model, tuned, tokenizer, [p for p, _ in pairs])

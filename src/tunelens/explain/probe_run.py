@@ -87,26 +87,26 @@ def probe_file(model: str, data: Path, out: Path, kinds: Sequence[str] = tuple(K
                max_examples: int | None = None, seed: int = 0, method: str | None = "occlusion",
                progress: bool = True, *, generation: GenerationConfig | None = None,
                anchors: int = 0, anchor_field: str = "limit", dtype: str | None = None,
-               trust_remote_code: bool | None = None, prompt_format: str | None = None) -> dict:
+               trust_remote_code: bool | None = None, prompt_format: str | None = None,
+               loaded: tuple | None = None) -> dict:
     """Probe ``model`` on the clauses of ``data`` (rows with ``id`` and ``prompt``); write ``out``.
 
     ``method`` None skips attribution; ``generation`` sets decoding (default: greedy, the
     generate stage's defaults); ``anchors`` > 0 adds the anchors (:mod:`.anchors`) of
     ``anchor_field`` for that many clauses, searched with :data:`ANCHOR_SEARCH`. Returns the
     report written (summary per kind, every probe's record, anchors, the model, the seconds).
+    ``loaded``: the model and tokenizer already loaded (:func:`~tunelens.models.loading.load_placed`).
     """
     from tunelens.explain.probes import make_edits
     from tunelens.infer.generate import read_examples
-    from tunelens.models.loading import load_for_inference, place_on_device
+    from tunelens.models.loading import load_placed
     from tunelens.models.run_settings import ModelSettings
 
     rows = read_examples(Path(data), max_examples, seed)
     clauses = [r.prompt for r in rows]
     edits = make_edits(clauses, kinds, seed)  # an unknown kind fails before the model loads
     settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format)
-    llm, tokenizer = load_for_inference(str(model), dtype=settings.dtype,
-                                        trust_remote_code=settings.trust_remote_code)
-    llm = place_on_device(llm)
+    llm, tokenizer = loaded or load_placed(str(model), settings)
 
     def render(clause: str) -> str:
         return settings.render(tokenizer, clause)

@@ -118,15 +118,16 @@ def explain_run(model: str, data: Path, out: Path, config: ExplanationConfig | N
     }
 
 
-def load_for_explain(model: str, settings: ModelSettings, config: ExplanationConfig) -> tuple:
-    """(model on its device, tokenizer, prompt format, baseline) as this run will use them."""
-    from tunelens.models.loading import load_for_inference, place_on_device
+def load_for_explain(model: str, settings: ModelSettings, config: ExplanationConfig,
+                     loaded: tuple | None = None) -> tuple:
+    """(model on its device, tokenizer, prompt format, baseline) as this run will use them;
+    ``loaded``: the (model, tokenizer) :func:`~tunelens.models.loading.load_placed` gave already."""
+    from tunelens.models.loading import load_placed
     from tunelens.models.run_settings import resolve_prompt_format
 
-    llm, tokenizer = load_for_inference(model, dtype=settings.dtype,
-                                        trust_remote_code=settings.trust_remote_code)
+    llm, tokenizer = loaded or load_placed(model, settings)
     fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
-    return place_on_device(llm), tokenizer, fmt, resolve_baseline(tokenizer, config.baseline)
+    return llm, tokenizer, fmt, resolve_baseline(tokenizer, config.baseline)
 
 
 def read_examples(data: Path, config: ExplanationConfig) -> tuple[list[dict], int]:

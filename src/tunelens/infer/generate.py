@@ -65,14 +65,12 @@ def generate_predictions(model: str, data: Path, out: Path, config: GenerationCo
     rows = read_examples(data, config.max_examples, config.sample_seed)
     retriever, rag_k = _retriever(rag_index, rag_k)  # before the model: a bad index fails fast
 
-    from tunelens.models.loading import load_for_inference, place_on_device
+    from tunelens.models.loading import load_placed
     from tunelens.models.run_settings import ModelSettings, resolve_prompt_format
 
     settings = ModelSettings.of(str(model), dtype, trust_remote_code, prompt_format, shots=shots)
-    llm, tokenizer = load_for_inference(str(model), dtype=settings.dtype,
-                                        trust_remote_code=settings.trust_remote_code)
+    llm, tokenizer = load_placed(str(model), settings)
     fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
-    llm = place_on_device(llm)
     retrieved = _retrieve(retriever, rows, rag_k)
     prompts = [settings.render(tokenizer, row.prompt, [{"prompt": h["prompt"],
                                                         "completion": h["completion"]} for h in hits])

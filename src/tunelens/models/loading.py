@@ -364,6 +364,15 @@ def _cannot_load(path_or_id: str, what: str, exc: Exception) -> str:
     return f"{path_or_id}: no such local folder, and the hub has no such model ({first})"
 
 
+def load_placed(model: str, settings) -> tuple:
+    """(model on its device, tokenizer): :func:`load_for_inference` in the dtype and remote-code
+    setting of ``settings`` (a :class:`~tunelens.models.run_settings.ModelSettings`), then
+    :func:`place_on_device`. What generate, explain and its checks load."""
+    llm, tokenizer = load_for_inference(model, dtype=settings.dtype,
+                                        trust_remote_code=settings.trust_remote_code)
+    return place_on_device(llm), tokenizer
+
+
 def place_on_device(model):
     """Use the GPU when there is one, unless the model is quantized or already dispatched."""
     import torch

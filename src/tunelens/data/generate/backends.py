@@ -64,12 +64,12 @@ class LocalGenerator:
     """A local causal LM, batched through :func:`~tunelens.infer.batching.generate_texts`."""
 
     def __init__(self, model: str, *, max_tokens: int, batch_size: int):
-        from tunelens.models.loading import load_for_inference, place_on_device
+        from tunelens.models.loading import load_placed
+        from tunelens.models.run_settings import ModelSettings
 
         self.name = f"local model {model}"
         self.model_ref, self.max_tokens, self.batch_size = model, max_tokens, batch_size
-        llm, self.tokenizer = load_for_inference(model)
-        self.llm = place_on_device(llm)
+        self.llm, self.tokenizer = load_placed(model, ModelSettings.of(model))
 
     def identity(self) -> dict:
         return {"kind": "local", "model": self.model_ref}
