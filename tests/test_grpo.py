@@ -61,16 +61,16 @@ def test_length_penalty_and_trl_signature():
 
 def test_exact_pays_only_for_every_design_agreeing():
     """``exact`` is all or nothing on the verdicts, whatever the fields: what rule_exec_accuracy
-    counts, and a weight of train.grpo.rewards (off by default, so the other four stay as tuned)."""
+    counts, and a weight of train.grpo.rewards (1 by default; 0 turns it off)."""
     from tunelens.train.grpo_settings import RewardWeights
 
     other_unit, flipped = rewards.score(COMPLETIONS[1], REF), rewards.score(COMPLETIONS[2], REF)
     assert other_unit["exact"] == 1.0 and other_unit["fields"] < 1.0  # 30 in: same verdicts
     assert 0.0 < flipped["verdicts"] < 1.0 and flipped["exact"] == 0.0  # half right pays nothing
-    assert RewardWeights().exact == 0.0
+    assert RewardWeights().exact == 1.0  # on by default (docs/grpo.md: what made GRPO raise it)
     weights = RewardWeights(exact=2.0).as_list()
     assert weights[rewards.REWARDS.index("exact")] == 2.0
-    off = RewardWeights().as_list()
+    off = RewardWeights(exact=0.0).as_list()
     assert rewards.total(other_unit, weights) - rewards.total(other_unit, off) == pytest.approx(2.0)
     assert rewards.total(flipped, weights) == pytest.approx(rewards.total(flipped, off))
 

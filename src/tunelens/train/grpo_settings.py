@@ -38,7 +38,7 @@ class RewardWeights(BaseModel):
                             "which the completion's verdict agrees (the main reward)")
     length: float = Field(0.25, ge=0.0, description="weight of the penalty for text beyond the "
                           "reference's length (0 to -1)")
-    exact: float = Field(0.0, ge=0.0, description="1 when the verdicts agree on every sample "
+    exact: float = Field(1.0, ge=0.0, description="1 when the verdicts agree on every sample "
                          "design (rule_exec_accuracy), else 0; 0: off")
 
     def as_list(self) -> list[float]:
@@ -60,9 +60,9 @@ class GrpoConfig(BaseModel):
     sft_steps: int | None = Field(
         None, ge=0, description="steps of the SFT stage; default: train.max_steps (the same "
         "training as the study's cell of sft_strategy); 0 needs init_from")
-    steps: int = Field(100, ge=1, description="GRPO optimisation steps")
+    steps: int = Field(200, ge=1, description="GRPO optimisation steps")
     num_generations: int = Field(
-        8, description="group size: completions sampled per prompt, scored against each other")
+        16, description="group size: completions sampled per prompt, scored against each other")
     prompts_per_step: int = Field(4, ge=1, description="prompts per step (each sampled "
                                   "num_generations times)")
     beta: float = Field(0.04, ge=0.0, description="KL coefficient to the supervised start "
@@ -70,7 +70,9 @@ class GrpoConfig(BaseModel):
     learning_rate: float = Field(
         1e-4, gt=0.0, description="GRPO's rate, well below SFT's: a sampled step is noisier than "
         "a supervised one (on the quick ladder SFT's own rate undid the SFT; docs/grpo.md)")
-    temperature: float = Field(0.7, gt=0.0, description="sampling temperature of the groups")
+    temperature: float = Field(
+        0.5, gt=0.0, description="sampling temperature of the groups (low enough that samples "
+        "resemble the greedy decoding evaluated, high enough that a group differs; docs/grpo.md)")
     max_completion_length: int = Field(64, ge=1, description="most tokens sampled per completion")
     rewards: RewardWeights = RewardWeights()
 

@@ -16,7 +16,9 @@ plain function in TRL's reward signature ``f(prompts, completions, reference, ..
 * ``exact``: 1 when the completion's verdict agrees with the reference's on *every* sample design,
   else 0: the all-or-nothing form of ``verdicts``, i.e. ``rule_exec_accuracy`` itself. ``verdicts``
   pays for each design, so a policy can raise it without ever getting a whole rule right; this term
-  pays only for crossing that line (weight 0 by default, i.e. off: see docs/grpo.md).
+  pays only for crossing that line (weight 1, as ``verdicts``: with it, groups of 16 sampled at
+  temperature 0.5 and 200 steps, GRPO raised ``rule_exec_accuracy`` on the quick ladder; see
+  docs/grpo.md).
 
 A completion is scored as TRL decodes it (special tokens dropped), stripped of surrounding space.
 """
