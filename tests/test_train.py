@@ -178,9 +178,10 @@ def test_sigint_checkpoints_at_step_end_and_changed_input_starts_over(micro_mode
     cfg = TrainConfig(**{**FAST, "max_steps": 4})
     off = TrackingConfig(enabled=False)
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(KeyboardInterrupt):
         train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off, callbacks=[CtrlC(1)])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     assert checkpoints(out) == ["checkpoint-2"]  # step 2 finished, then the run stopped
 
     rows = (data_dir / "train.jsonl").read_text().splitlines()
@@ -202,10 +203,11 @@ def test_second_ctrl_c_stops_at_once_keeping_the_last_step_end_checkpoint(micro_
     cfg = TrainConfig(**{**FAST, "max_steps": 5, "save_steps": 2})
     off = TrackingConfig(enabled=False)
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):  # two Ctrl-C mid step 4: no half-done step is saved
         train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off,
               callbacks=[CtrlC(3, times=2)])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     assert checkpoints(out) == ["checkpoint-2"]  # the periodic save, written by the Trainer
     assert resumable_checkpoint(out) == partial_dir(out) / "checkpoints" / "checkpoint-2"
     info = train(str(micro_model_dir), data_dir, out, "lora", "instruct", cfg, off)
