@@ -209,3 +209,16 @@ def test_reward_section_draws_each_grpo_run(tmp_path):
     assert (layout.figures / "rewards.png").stat().st_size > 0
     html = _environment().get_template("rewards.html.j2").render(rewards=got)
     assert "a__grpo__instruct" in html and "data:image/png;base64," in html
+
+
+def test_a_step_samples_every_group_at_once_and_scores_a_group_at_a_time(tmp_path):
+    """One generation batch per optimizer step (prompts_per_step x num_generations completions),
+    the loss over one group at a time (gradient accumulation), so memory is a group's."""
+    from tunelens.config import TrainConfig
+    from tunelens.train.trainer_args import grpo_args
+
+    cfg = TrainConfig(grpo={"init_from": str(tmp_path), "num_generations": 4, "prompts_per_step": 3})
+    args = grpo_args(cfg, tmp_path / "checkpoints")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 3)
+    assert args.generation_batch_size == 12 and args.steps_per_generation == 3
+    assert args.loss_type == "dapo"  # normalised over the accumulated batch: the same step

@@ -137,8 +137,12 @@ def grpo_args(config: TrainConfig, output_dir: Path):
     """TRL's GRPOConfig for strategy ``grpo`` (``config.grpo``, the rest shared with SFT).
 
     Every step is logged (the reward curves are per step); a step draws ``prompts_per_step``
-    prompts and samples each ``num_generations`` times; dropout is off, so the policy and the
-    reference score the same tokens alike (TRL's advice with a KL term).
+    prompts and samples each ``num_generations`` times, all in one generation batch, then scores
+    the loss one prompt's group at a time (gradient accumulation over ``prompts_per_step``
+    micro-batches: TRL's default ``dapo`` loss normalises by the tokens of the whole accumulated
+    batch, so the step is the same; the memory of the loss is a group's, not the step's: on
+    SmolLM2-135M, 64 sequences at once peaked at 20 GB on the CPU). Dropout is off, so the policy
+    and the reference score the same tokens alike (TRL's advice with a KL term).
     """
     from trl import GRPOConfig
 
@@ -147,8 +151,8 @@ def grpo_args(config: TrainConfig, output_dir: Path):
         **shared_args(config, output_dir),
         max_steps=grpo.steps,
         learning_rate=grpo.learning_rate,
-        per_device_train_batch_size=grpo.prompts_per_step * grpo.num_generations,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=grpo.num_generations,
+        gradient_accumulation_steps=grpo.prompts_per_step,  # one generation batch per step
         num_generations=grpo.num_generations,
         max_completion_length=grpo.max_completion_length,
         temperature=grpo.temperature,
