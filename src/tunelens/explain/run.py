@@ -262,8 +262,12 @@ def _write_outputs(out: Path, records: list[dict], model: str, config: Explanati
                    baseline: Baseline) -> Path | None:
     """The parquet and, when asked, the heat-map beside it; the heat-map's path."""
     _write_parquet(out, [row for rec in records for row in rec["rows"]])
-    if not config.heatmap:
-        return None
+    return write_run_heatmap(out, records, model, config, baseline) if config.heatmap else None
+
+
+def write_run_heatmap(out: Path, records: list[dict], model: str, config: ExplanationConfig,
+                      baseline: Baseline) -> Path:
+    """The heat-map beside the parquet ``out``: a panel per record (example and target kind)."""
     if len(TARGETS[config.target]) > 1:  # say which target each heat-map explains
         records = [{**rec, "example_id": f"{rec['example_id']} · {rec['kind']}"} for rec in records]
     return write_heatmap(out.with_suffix(".html"), records, title=f"attributions: {Path(str(model)).name}",

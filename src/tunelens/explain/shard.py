@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tunelens.config import ExplanationConfig
 from tunelens.errors import TunelensError
-from tunelens.explain.run import TARGETS, read_examples
+from tunelens.explain.run import read_examples
 from tunelens.fingerprint import fingerprint
 from tunelens.io import atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 
@@ -198,24 +198,21 @@ def _merge(jobs: list[dict], out: Path) -> None:
 
 def _heatmap(out: Path, examples: list[dict], model: str, config: ExplanationConfig,
              summary: dict) -> Path:
-    """The heat-map explain_run draws, from the merged rows: each example's clause and target
-    with its rows (per target when there are two)."""
+    """The heat-map explain_run draws (:func:`~tunelens.explain.run.write_run_heatmap`), from
+    the merged rows: each example's clause and target with its rows."""
     import pandas as pd
 
     from tunelens.explain.features import Baseline
-    from tunelens.explain.heatmap import write_heatmap
+    from tunelens.explain.run import write_run_heatmap
 
     frame = pd.read_parquet(out)
     groups = {key: rows for key, rows in frame.groupby(["example_id", "target"], sort=False)}
-    two = len(TARGETS[config.target]) > 1
     records = []
     for ex in examples:
         rows = groups.get((str(ex["example_id"]), ex["kind"]))
         rows = [] if rows is None else rows.to_dict("records")
-        records.append({"example_id": f"{ex['example_id']} · {ex['kind']}" if two else ex["example_id"],
-                        "clause": ex["clause"], "target": ex["target"], "rows": rows,
+        records.append({"example_id": ex["example_id"], "kind": ex["kind"], "clause": ex["clause"],
+                        "target": ex["target"], "rows": rows,
                         "target_logprob": rows[0]["target_logprob"] if rows else float("nan")})
     baseline = Baseline(summary["baseline"], None, summary["baseline_token"], config.baseline)
-    return write_heatmap(out.with_suffix(".html"), records,
-                         title=f"attributions: {Path(str(model)).name}", method=config.method,
-                         granularity=config.granularity, baseline=baseline.describe())
+    return write_run_heatmap(out, records, model, config, baseline)
