@@ -11,6 +11,7 @@ from tunelens.cli.app import app, console
 from tunelens.config import GenerationConfig
 from tunelens.errors import check_choice
 from tunelens.explain.catalog import METHODS
+from tunelens.explain.checks_settings import PROBE_KINDS
 from tunelens.format import choices, interval, number
 from tunelens.io import check_writable
 
@@ -22,8 +23,7 @@ def probe_cmd(
                               "clause); a dataset split works as it is."),
     out: Path = opt.out_option("Probe report (JSON): per kind the rate of correct behaviour with "
                                "its bootstrap interval, examples, and every probe's record."),
-    kinds: str = typer.Option(",".join(("number", "unit", "section", "occupancy", "jurisdiction",
-                                        "person")), "--kinds",
+    kinds: str = typer.Option(",".join(PROBE_KINDS), "--kinds",
                               help="Comma-separated probe kinds: number and section and occupancy "
                               "(the rule must follow the edit), unit, jurisdiction and person (it "
                               "must not change its verdicts)."),
