@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 
 
 def api_base(url: str) -> str:
@@ -25,12 +25,6 @@ def api_base(url: str) -> str:
 def chat_endpoint(url: str) -> str:
     """The chat-completions URL requests are posted to (named in every error)."""
     return api_base(url) + "/chat/completions"
-
-
-def first_line(obj) -> str:
-    """The first line of an exception's or a reply's text (its type's name when it has none)."""
-    text = str(obj).strip()
-    return text.splitlines()[0] if text else type(obj).__name__
 
 
 class ChatEndpoint:

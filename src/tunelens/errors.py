@@ -16,3 +16,10 @@ def check_choice(value, choices, what: str, *, optional: bool = False):
     if (value is None and optional) or value in choices:
         return value
     raise TunelensError(f"{what} {value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+def first_line(obj) -> str:
+    """The first line of an exception's (or a reply's) text, its type's name when it has none:
+    what a one-line error quotes of a library's multi-line message."""
+    text = str(obj).strip()
+    return text.splitlines()[0] if text else type(obj).__name__

@@ -27,7 +27,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from tunelens.errors import TunelensError, check_choice
+from tunelens.errors import TunelensError, check_choice, first_line
 from tunelens.parallel import (
     Group,
     GroupResult,
@@ -86,7 +86,7 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False, runtime_env={"env_vars": env} if env else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TunelensError(f"cannot reach the Ray cluster at {address or 'a new local one'}: "
                             f"{first}") from None
 

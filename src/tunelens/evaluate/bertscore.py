@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 
 DEFAULT_KEY = "minilm_l6"
 PARTS = ("precision", "recall", "f1")
@@ -71,7 +71,7 @@ def scorer(model: str | None = None):
         layer = _layer(model or "", path)
         return BERTScorer(model_type=path, num_layers=layer, device="cpu"), layer
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TunelensError(f"{path}: cannot load the BERTScore model ({first})") from None
 
 

@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 from tunelens.models import references
 from tunelens.models.quantized import keep_generic_where_unpackable
 
@@ -358,7 +358,7 @@ def _not_causal(path_or_id: str, config) -> str:
 
 
 def _cannot_load(path_or_id: str, what: str, exc: Exception) -> str:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     if Path(path_or_id).expanduser().is_dir():
         return f"{path_or_id}: cannot load the {what} from this folder ({first})"
     return f"{path_or_id}: no such local folder, and the hub has no such model ({first})"

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 from tunelens.io import atomic_dir
 
 CACHE_ENV = "TUNELENS_CACHE"
@@ -213,7 +213,7 @@ def _check_parses(path: Path) -> None:
         reader = GGUFReader(path)
         end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     except (ValueError, OSError, KeyError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TunelensError(f"{path}: not a readable GGUF file, truncated or corrupt ({first})") from None
     if not reader.tensors or end > path.stat().st_size:
         raise TunelensError(f"{path}: not a readable GGUF file, truncated or corrupt (no tensor data)")

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from tunelens.contracts import RunRecord, read_object
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 from tunelens.io import atomic_dir, write_json
 
 
@@ -118,7 +118,7 @@ def push_folder(folder: Path, repo: str) -> str:
         commit = api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
                                    commit_message="tunelens export")
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TunelensError(f"--push {repo}: the upload failed ({first}); the export is in "
                             f"{folder}") from None
     return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}")

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from tunelens.config import TrackingConfig, TrainConfig
-from tunelens.errors import TunelensError, check_choice
+from tunelens.errors import TunelensError, check_choice, first_line
 from tunelens.io import read_json, write_json, write_text
 from tunelens.train.catalog import UNTRAINED
 from tunelens.train.grpo_settings import GRPO
@@ -80,7 +80,7 @@ def _config_kind(accelerate_config: Path | None) -> str:
     try:
         loaded = load_config_from_file(str(accelerate_config))
     except Exception as exc:  # noqa: BLE001 - whatever the loader refuses, say which file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TunelensError(f"--accelerate-config {accelerate_config}: Accelerate cannot read it "
                             f"({first})") from None
     kind = str(getattr(loaded.distributed_type, "value", loaded.distributed_type)).upper()

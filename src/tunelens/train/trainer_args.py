@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunelens.config import TrainConfig
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 from tunelens.train.strategies import CHECKPOINTING, StrategySpec
 
 # train.optimizer -> (the Trainer's ``optim`` name, the bitsandbytes class, None for torch's)
@@ -187,7 +187,7 @@ def check_optimizer(name: str) -> None:
             warnings.simplefilter("ignore", UserWarning)  # "paged optimizers are not supported on CPU"
             optimizer.step()
     except Exception as exc:  # noqa: BLE001 - whatever bitsandbytes raises, it cannot run here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TunelensError(f"train.optimizer {name}: bitsandbytes {bnb.__version__} cannot run it on "
                             f"this machine's {device} ({first}); use adamw") from None
 

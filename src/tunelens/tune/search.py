@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from tunelens.errors import TunelensError
+from tunelens.errors import TunelensError, first_line
 from tunelens.io import printable
 from tunelens.tune.space import ParamRange, StrategySpace, TuneConfig, current_value
 
@@ -35,7 +35,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TunelensError(f"--storage {url}: cannot open an Optuna storage ({printable(first)})") \
             from None
 
