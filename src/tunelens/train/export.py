@@ -54,10 +54,11 @@ def export_run(run_dir: Path, out: Path, merge: bool = True, metrics: Path | Non
 
     trust = bool(info.get("trust_remote_code", False))  # the base's own code, as training ran it
     merged = has_adapter and merge
+    quantization = recorded_quantization(info) if merged else None  # the 4-bit base to undo
     if has_adapter and not merge:
         model = None
     elif has_adapter:
-        model = _merged(run_dir, info, trust)
+        model = _merged(run_dir, info, trust, quantization)
     else:
         model, _ = load_model(str(run_dir), trust_remote_code=trust)  # float32, whatever was saved
     tokenizer = load_tokenizer(str(run_dir), trust)
@@ -75,8 +76,7 @@ def export_run(run_dir: Path, out: Path, merge: bool = True, metrics: Path | Non
             "base_model": info.get("base_model"),
             "merged": merged,
             "adapter": has_adapter and not merge,
-            "dequantized_from": info.get("quantization") if merged and recorded_quantization(info)
-            else None,
+            "dequantized_from": None if quantization is None else quantization.model_dump(mode="json"),
             "dtype": "float32" if model is not None else info.get("dtype"),
         })
         write_card(tmp, run_dir, info, merged, metrics, attributions)
@@ -124,16 +124,17 @@ def push_folder(folder: Path, repo: str) -> str:
     return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}")
 
 
-def _merged(run_dir: Path, info: dict, trust_remote_code: bool):
+def _merged(run_dir: Path, info: dict, trust_remote_code: bool, quantization):
+    """The adapter merged into its base, de-quantized first when it was trained over a 4-bit
+    ``quantization`` (None: a plain base), in float32."""
     import torch
     from peft import PeftModel
 
-    from tunelens.models.loading import load_model, recorded_quantization
+    from tunelens.models.loading import load_model
 
     base_id = info.get("base_model")
     if not base_id:
         raise TunelensError(f"{run_dir / 'run.json'}: no 'base_model' to merge the adapter into")
-    quantization = recorded_quantization(info)
     if quantization is not None:
         base, _ = load_model(base_id, quantization=quantization, trust_remote_code=trust_remote_code)
         base = base.dequantize()

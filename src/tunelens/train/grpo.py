@@ -295,11 +295,12 @@ def grpo_record(session: Session, start: Start, resume: dict, seconds: float) ->
     """The keys a grpo run.json has beyond a supervised one's (laid over them by ``finish``)."""
     trainer, grpo = session.trainer, session.inputs.config.grpo
     before = start.info.get("val_loss_before")
+    quant = start.spec(session.inputs.config).quantization if start.is_adapter else None
     sft_seconds = start.info.get("wall_seconds", 0.0) if start.inside else 0.0
     return {
         "base_model": start.info.get("base_model", session.inputs.base_model),
         "adapter": start.is_adapter,
-        "quantization": start.info.get("quantization") if start.is_adapter else None,  # as trained
+        "quantization": quant.model_dump(mode="json") if quant else None,  # the base it trained over
         "train_loss": start.info.get("train_loss", []),
         "val_loss_before": before if isinstance(before, float) else resume["val_loss_before"],
         "stopped_early": trainer.state.global_step < grpo.steps,
