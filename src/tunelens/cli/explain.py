@@ -53,9 +53,7 @@ def explain_cmd(
                                "parquet files in order: the same output as one worker."),
     backend: str = typer.Option("local", "--backend", help="Where --shards run: local (worker "
                                 "processes) or ray (tasks on a Ray cluster; pip install ray)."),
-    address: str = typer.Option(None, "--address", help="The Ray cluster (--backend ray): auto, "
-                                "ray://HOST:10001 or HOST:6379; default $RAY_ADDRESS, else a "
-                                "new local one."),
+    address: str = opt.address_option(),
 ) -> None:
     """Attribute each example's target to the tokens of its clause (batched perturbations);
     resumable: rerunning after an interruption skips the finished examples (and shards)."""

@@ -68,6 +68,13 @@ def judge_path_option() -> Any:
                         "(any model reference).")
 
 
+def address_option() -> Any:
+    """``--address``: the Ray cluster of ``--backend ray`` (run and explain)."""
+    return typer.Option(None, "--address", help="The Ray cluster (--backend ray): auto (the one "
+                        "this machine belongs to), ray://HOST:10001 (Ray client) or HOST:6379 (the "
+                        "head's GCS). Default: $RAY_ADDRESS, else a new local cluster for this run.")
+
+
 def model_option() -> Any:
     return typer.Option(..., "--model", help="Training run folder (full weights or a LoRA/QLoRA "
                         "adapter over its base), a model folder, a .gguf file, a packaged model's "

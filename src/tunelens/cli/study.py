@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tunelens.cli.app import EXIT_CELLS_FAILED, app, console, err_console
-from tunelens.cli.options import OUT_HELP, existing, set_threads, threads_option
+from tunelens.cli.options import OUT_HELP, address_option, existing, set_threads, threads_option
 from tunelens.explain.check_stages import CHECK_STAGES, enabled_checks
 from tunelens.format import DASH, interval_of, number, p_value
 from tunelens.io import check_writable
@@ -24,9 +24,6 @@ BACKEND_HELP = ("Where the cells run: local (this machine; --jobs N worker proce
                 "one and its estimated training memory; needs pip install 'tunelens[scale]' and "
                 "the study folder on storage every node sees; --memory-gb, when given, is what "
                 "one cell may use, e.g. a GPU's memory). Either resumes the other's study.")
-ADDRESS_HELP = ("The Ray cluster (--backend ray): auto (the one this machine belongs to), "
-                "ray://HOST:10001 (Ray client) or HOST:6379 (the head's GCS). Default: "
-                "$RAY_ADDRESS, else a new local cluster for this run.")
 SHARDS_HELP = ("Split each cell's attribution (the explain stage) over this many workers of "
                "the backend: processes here, tasks on Ray; the same parquet as one worker.")
 EXIT_CODES_HELP = ("Exit codes: 0 every cell ran; 1 some cells failed (listed on stderr, "
@@ -209,7 +206,7 @@ def run_cmd(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
     memory_gb: float = typer.Option(None, "--memory-gb", min=0.1, help=MEMORY_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    address: str = address_option(),
     explain_shards: int = typer.Option(1, "--explain-shards", min=1, help=SHARDS_HELP),
 ) -> None:
     """Run a whole study: data, train, generate, evaluate, explain every cell, then compare and
