@@ -179,7 +179,7 @@ def recorded_quantization(info: dict):
     """The 4-bit settings an adapter run's base was trained over, from its run.json: a qlora run,
     or a run started from one (grpo after a qlora SFT stage), records them under
     ``quantization``; a qlora run from before that key gets the defaults. None: a plain base.
-    The one rule for every stage that rebuilds a run's base (inference, export)."""
+    The one rule for every stage that rebuilds a run's base (inference, export, a GRPO start)."""
     from tunelens.config import QuantConfig
 
     recorded = info.get("quantization")

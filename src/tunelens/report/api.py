@@ -104,9 +104,9 @@ def _figures(layout: StudyLayout, stats: dict, cfg: ReportConfig) -> dict[str, P
         "scale": figures.scale(stats, cfg.scale_metrics, files["scale"], cfg.dpi),
         "agreement": figures.agreement(stats, files["agreement"], cfg.dpi),
     }
-    for key, path in paths.items():  # a figure the study no longer supports must not linger
-        if path is None and files[key].exists():
-            files[key].unlink()
+    for key, path in paths.items():
+        if path is None:
+            figures.drop_figure(files[key])
     return paths
 
 

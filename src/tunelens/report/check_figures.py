@@ -14,21 +14,17 @@ from matplotlib.ticker import MaxNLocator
 
 from tunelens.explain.check_stages import FAITHFULNESS, LAYERS, PROBES
 from tunelens.explain.probes import KINDS, PASS_RATE
-from tunelens.report.figures import PALETTE, save_figure
+from tunelens.report.figures import PALETTE, drop_figure, save_figure
 from tunelens.train.catalog import strategy_label
 
 FILES = {FAITHFULNESS: "faithfulness.png", PROBES: "robustness.png", LAYERS: "layers.png"}
 RANDOM_COLOUR = "#93a1a1"
 
 
-def _nothing(path: Path) -> None:
-    Path(path).unlink(missing_ok=True)  # a figure from an earlier state must not linger
-
-
 def faithfulness(summary: dict[str, dict[str, dict]], path: Path, dpi: int) -> Path | None:
     """Per strategy, a bar per method (comprehensiveness, nats) beside random's mean."""
     if not summary:
-        return _nothing(path)
+        return drop_figure(path)
     methods = sorted({m for table in summary.values() for m in table})
     fig = Figure(figsize=(2.2 + 1.0 * len(methods) * len(summary), 3.4))
     axes = fig.subplots(1, len(summary), squeeze=False, sharey=True)[0]
@@ -61,7 +57,7 @@ def robustness(summary: dict[str, dict[str, dict]], path: Path, dpi: int) -> Pat
     (hollow) the share of probes whose rule text changed, which reads even when no rule parses."""
     kinds = [k for k in KINDS if any((t.get(k) or {}).get("probes") for t in summary.values())]
     if not kinds:
-        return _nothing(path)
+        return drop_figure(path)
     arms = list(summary)
     fig = Figure(figsize=(2.4 * len(kinds), 2.8 + 0.1 * len(arms)))
     axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
@@ -100,7 +96,7 @@ def _series(data: dict, view: str) -> list[float]:
 def layers(arms: dict[str, list], path: Path, dpi: int) -> Path | None:
     """Small multiples: a column per strategy, a row per view, a line per model (seeds averaged)."""
     if not arms:
-        return _nothing(path)
+        return drop_figure(path)
     models = sorted({run.model for runs in arms.values() for run, _ in runs},
                     key=lambda m: max(d["layers"] for runs in arms.values() for r, d in runs if r.model == m))
     fig = Figure(figsize=(2.6 * len(arms) + 0.8, 6.6))

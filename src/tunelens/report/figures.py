@@ -35,6 +35,13 @@ def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
     return path
 
 
+def drop_figure(path: Path) -> None:
+    """No figure at ``path`` (the data does not support one): a figure from an earlier state of
+    the study must not linger beside a report that no longer draws it. Returns None, the
+    drawing functions' "no figure"."""
+    Path(path).unlink(missing_ok=True)
+
+
 def _run_index(stats: dict) -> dict[str, dict]:
     return {r["name"]: r for r in stats["runs"]["runs"]}
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from tunelens.format import number
 from tunelens.io import read_json
 from tunelens.layout import StudyLayout
-from tunelens.report.figures import PALETTE, save_figure
+from tunelens.report.figures import PALETTE, drop_figure, save_figure
 
 FIGURE = "rewards.png"
 PANELS = (("reward", "weighted reward"), ("parses", "parses"), ("fields", "fields match"),
@@ -46,8 +46,7 @@ def curves(layout: StudyLayout) -> dict[str, list[dict]]:
 def draw(runs: dict[str, list[dict]], path: Path, dpi: int) -> Path | None:
     """One panel per quantity, one line per run; None (and no file) without any run."""
     if not runs:
-        Path(path).unlink(missing_ok=True)  # a figure from an earlier state must not linger
-        return None
+        return drop_figure(path)
     fig = Figure(figsize=(12, 5.6))
     grid = fig.subplots(2, 4).ravel()
     axes = grid[:len(PANELS)]

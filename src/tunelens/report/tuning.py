@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tunelens.format import DASH, number
-from tunelens.io import atomic_path, read_json
+from tunelens.io import read_json
+from tunelens.report.figures import drop_figure, save_figure
 from tunelens.train.catalog import strategy_label
 
 FIGURES = {"history": "tuning_history.png", "curves": "tuning_curves.png",
@@ -33,12 +34,9 @@ def draw(summary: dict, folder: Path, dpi: int) -> dict[str, Path]:
         fig = fn(strategies)
         path = Path(folder) / FIGURES[name]
         if fig is None:
-            path.unlink(missing_ok=True)  # a figure from an earlier state must not linger
+            drop_figure(path)
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        paths[name] = path
+        paths[name] = save_figure(fig, path, dpi)
     return paths
 
 
